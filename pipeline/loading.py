@@ -1,0 +1,138 @@
+"""Loading Stable Diffusion pipelines from hub ids or local diffusers folders, safetensors only.
+
+Everything the engine needs (latent channels, VAE scale factor, cross-attention size, prediction
+type, default size) is read from the loaded components' configs, so SD 1.x and 2.x models load
+with no code change.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+@dataclass
+class LoadedModel:
+    """A pipeline's components on one device, plus the facts the engine reads from their configs."""
+
+    name: str
+    revision: str | None
+    pipe: Any  # the diffusers pipeline object; we use its components, never its __call__
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def unet_in_channels(self) -> int:
+        return self.pipe.unet.config.in_channels
+
+    @property
+    def latent_channels(self) -> int:
+        return self.pipe.vae.config.latent_channels
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
+
+    @property
+    def default_size(self) -> int:
+        return self.pipe.unet.config.sample_size * self.vae_scale_factor
+
+    @property
+    def has_depth_estimator(self) -> bool:
+        return getattr(self.pipe, "depth_estimator", None) is not None
+
+    @property
+    def prediction_type(self) -> str:
+        return self.pipe.scheduler.config.get("prediction_type", "epsilon")
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"--device {device} asked for, but torch sees no CUDA device")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    """fp32 on CPU; fp16 on CUDA unless told otherwise."""
+    if dtype is None or dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    try:
+        return DTYPES[dtype]
+    except KeyError:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}") from None
+
+
+def _refuse_pickle_only_folder(folder: Path) -> None:
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    pickles = [p for p in files if p.suffix in PICKLE_SUFFIXES]
+    if pickles and not any(p.suffix == ".safetensors" for p in files):
+        raise ModelLoadError(
+            f"{folder}: only pickle checkpoints found ({', '.join(sorted(p.name for p in pickles)[:3])}); "
+            "sdbatch loads safetensors weights only. Convert the folder with "
+            "`pipe.save_pretrained(DIR, safe_serialization=True)`."
+        )
+
+
+def load_model(name: str, device: str | torch.device = "auto", dtype: str | None = None,
+               revision: str | None = None) -> LoadedModel:
+    """Load ``name`` (a hub id or a local diffusers folder) onto ``device``."""
+    from diffusers import DiffusionPipeline
+
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    path = Path(name)
+    if path.is_file():
+        raise ModelLoadError(
+            f"{name}: is a single file; sdbatch loads diffusers folders or hub ids "
+            "(model_index.json plus safetensors components)"
+        )
+    if path.is_dir():
+        if not (path / "model_index.json").exists():
+            raise ModelLoadError(f"{name}: not a diffusers pipeline folder (no model_index.json)")
+        _refuse_pickle_only_folder(path)
+    try:
+        index = DiffusionPipeline.load_config(name, revision=revision)
+    except Exception as exc:  # hub errors, offline mode, missing folder
+        raise ModelLoadError(f"{name}: cannot read the pipeline's model_index.json: {exc}") from exc
+    extra: dict[str, Any] = {}
+    if "safety_checker" in index:
+        # Bulk generation writes every image; a safety filter is a separate, explicit step.
+        extra.update(safety_checker=None, requires_safety_checker=False)
+    try:
+        with warnings.catch_warnings():  # diffusers renames torch_dtype to dtype; both are accepted
+            warnings.simplefilter("ignore", FutureWarning)
+            pipe = DiffusionPipeline.from_pretrained(
+                name, torch_dtype=torch_dtype, use_safetensors=True, revision=revision, **extra
+            )
+    except (OSError, EnvironmentError, ValueError) as exc:
+        msg = str(exc)
+        if "safetensors" in msg.lower():
+            raise ModelLoadError(
+                f"{name}: no safetensors weights; sdbatch refuses pickle checkpoints ({msg.splitlines()[0]})"
+            ) from exc
+        raise ModelLoadError(f"{name}: failed to load: {msg}") from exc
+    pipe.to(dev)
+    pipe.set_progress_bar_config(disable=True)
+    for part in ("unet", "vae", "text_encoder", "depth_estimator"):
+        module = getattr(pipe, part, None)
+        if module is not None:
+            module.eval().requires_grad_(False)
+    resolved = revision or index.get("_commit_hash")
+    log.info("loaded %s (%s) on %s as %s", name, type(pipe).__name__, dev, torch_dtype)
+    return LoadedModel(name=name, revision=resolved, pipe=pipe, device=dev, dtype=torch_dtype)
