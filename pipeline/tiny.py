@@ -212,3 +212,31 @@ def write_tiny_model(folder: str | Path, variant: str = "base", seed: int = 0) -
     pipe.save_pretrained(folder, safe_serialization=True)
     log.info("wrote tiny %s model to %s", variant, folder)
     return folder
+
+
+BUILTIN_PREFIX = "tiny"
+
+
+def resolve_builtin_model(model: str) -> str:
+    """``tiny`` / ``tiny:inpaint`` / ``tiny:depth``: the built-in tiny model, written once into the
+    user's cache folder and then loaded from there like any diffusers folder. Anything else is
+    returned unchanged (a hub id or a local folder)."""
+    import os
+
+    name, _, variant = model.partition(":")
+    if name != BUILTIN_PREFIX or Path(model).exists():
+        return model
+    variant = variant or "base"
+    cache = Path(os.environ.get("SDBATCH_CACHE", Path.home() / ".cache" / "sdbatch"))
+    folder = cache / f"tiny-{variant}-seed0"
+    if not (folder / "model_index.json").exists():
+        log.warning("using the built-in tiny random-weight model: its images are noise")
+        tmp = cache / f".tiny-{variant}-{os.getpid()}"
+        write_tiny_model(tmp, variant, seed=0)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process won the race; its folder is identical
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(folder)

@@ -1,0 +1,57 @@
+"""Reading manifests into normalised rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from .ids import derive_id, derive_seed, safe_key
+from .schema import COLUMNS, COLUMN_NAMES, GenerationRow
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot run; the message names the column, row(s) and reason."""
+
+
+def read_table(path: str | Path) -> pa.Table:
+    try:
+        return ds.dataset(str(path), format="parquet").to_table()
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise ManifestError(f"{path}: cannot read as Parquet: {exc}") from exc
+
+
+def normalise_rows(table: pa.Table, default_model: str) -> list[GenerationRow]:
+    if "prompt" not in table.column_names:
+        raise ManifestError("column 'prompt': missing (required)")
+    defaults = {c.name: c.default for c in COLUMNS}
+    extras_names = [n for n in table.column_names if n not in COLUMN_NAMES]
+    rows = []
+    for index, record in enumerate(table.to_pylist()):
+        values = {name: record.get(name) for name in COLUMN_NAMES}
+        for name, default in defaults.items():
+            if values[name] is None:
+                values[name] = default
+        values["model"] = values["model"] or default_model
+        given_id = values.pop("id")
+        if given_id is None:
+            params = {k: v for k, v in values.items() if k != "seed" or v is not None}
+            given_id = derive_id(params)
+        seed = values.pop("seed")
+        seed = derive_seed(given_id) if seed is None else int(seed)
+        rows.append(
+            GenerationRow(
+                row_index=index,
+                key=safe_key(str(given_id)),
+                id=str(given_id),
+                seed=seed,
+                extras=tuple((n, record[n]) for n in extras_names),
+                **values,
+            )
+        )
+    return rows
+
+
+def load_rows(path: str | Path, default_model: str) -> list[GenerationRow]:
+    return normalise_rows(read_table(path), default_model)
