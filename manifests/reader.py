@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from .ids import derive_id, derive_seed, safe_key
-from .schema import COLUMNS, COLUMN_NAMES, GenerationRow
+from .schema import COLUMNS, COLUMN_NAMES, IMAGE_COLUMNS, GenerationRow
 
 
 class ManifestError(ValueError):
@@ -22,7 +22,17 @@ def read_table(path: str | Path) -> pa.Table:
         raise ManifestError(f"{path}: cannot read as Parquet: {exc}") from exc
 
 
-def normalise_rows(table: pa.Table, default_model: str) -> list[GenerationRow]:
+def _resolve_image_cell(value, base: Path | None):
+    """Image cells are bytes (an encoded image) or a path/URI; relative paths are relative to the
+    manifest's own folder."""
+    if value is None or isinstance(value, bytes) or base is None:
+        return value
+    if "://" in value or Path(value).is_absolute():
+        return value
+    return str(base / value)
+
+
+def normalise_rows(table: pa.Table, default_model: str, base: Path | None = None) -> list[GenerationRow]:
     if "prompt" not in table.column_names:
         raise ManifestError("column 'prompt': missing (required)")
     defaults = {c.name: c.default for c in COLUMNS}
@@ -34,6 +44,8 @@ def normalise_rows(table: pa.Table, default_model: str) -> list[GenerationRow]:
             if values[name] is None:
                 values[name] = default
         values["model"] = values["model"] or default_model
+        for name in IMAGE_COLUMNS:
+            values[name] = _resolve_image_cell(values[name], base)
         given_id = values.pop("id")
         if given_id is None:
             params = {k: v for k, v in values.items() if k != "seed" or v is not None}
@@ -54,4 +66,6 @@ def normalise_rows(table: pa.Table, default_model: str) -> list[GenerationRow]:
 
 
 def load_rows(path: str | Path, default_model: str) -> list[GenerationRow]:
-    return normalise_rows(read_table(path), default_model)
+    path = Path(path)
+    base = (path if path.is_dir() else path.parent).absolute()
+    return normalise_rows(read_table(path), default_model, base)
