@@ -18,21 +18,10 @@ def main(verbose: int) -> None:
     """sdbatch: generate Stable Diffusion images in bulk from Parquet manifests."""
     level = max(logging.WARNING - 10 * verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    _quiet_libraries(verbose)
+    if verbose < 2:
+        from sdbatch.pipeline.loading import quiet_libraries
 
-
-def _quiet_libraries(verbose: int) -> None:
-    """diffusers and transformers print progress bars and advice per model load; a batch tool's
-    output is its own progress and summary, so theirs show only with -vv."""
-    if verbose >= 2:
-        return
-    import diffusers.utils.logging as dlog
-    import transformers.utils.logging as tlog
-
-    dlog.set_verbosity_error()
-    dlog.disable_progress_bar()
-    tlog.set_verbosity_error()
-    tlog.disable_progress_bar()
+        quiet_libraries()
 
 
 @main.command("tiny-model")
@@ -53,39 +42,86 @@ def tiny_model(folder: str, variant: str, seed: int) -> None:
               help="Hub id or local diffusers folder; rows may override it. 'tiny' is the built-in "
                    "random-weight model (noise images, for trying the tool offline).")
 @click.option("--out", required=True, help="Output folder.")
+@click.option("--executor", type=click.Choice(["ray", "local"]), default="ray", show_default=True,
+              help="ray: fan shards out to Ray actors; local: everything in this process.")
+@click.option("--address", default=None, help="Ray cluster to join ('auto' or host:port). Default: "
+              "RAY_ADDRESS, else a local Ray instance.")
+@click.option("--actors", type=click.IntRange(min=1), default=None,
+              help="Number of actors. Default: one per GPU, or 1 on a machine without GPUs.")
+@click.option("--gpus-per-actor", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--dtype", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--shard-size", type=click.IntRange(min=1), default=1000, show_default=True)
-def run(manifest, model, out, device, dtype, batch_size, shard_size) -> None:
-    """Generate one image (or one error row) for every row of MANIFEST."""
-    from sdbatch.manifests.reader import ManifestError, load_rows
+@click.option("--shard-retries", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Times a shard is retried after its actor died, before its rows are marked failed.")
+@click.option("--shared-fs", is_flag=True, help="The local --out path is on a filesystem every node mounts.")
+@click.option("--overwrite", is_flag=True, help="Replace a different earlier job in --out.")
+def run(manifest, model, out, executor, address, actors, gpus_per_actor, device, dtype, batch_size,
+        shard_size, shard_retries, shared_fs, overwrite) -> None:
+    """Generate one image (or one error row) for every row of MANIFEST.
+
+    Running the same command again resumes: committed shards are skipped.
+    """
+    from sdbatch.manifests.reader import ManifestError
+    from sdbatch.pipeline.loading import ModelLoadError
     from sdbatch.pipeline.tiny import resolve_builtin_model
 
-    from .job import PLAN_PATH, SUMMARY_PATH, JobOptions, committed_shards, make_plan
-    from .local import run_local
-    from .storage import open_storage
+    from .driver import JobRefused, RunRequest, run_job
+    from .executor import ExecutorConfig
     from .worker import WorkerConfig
 
-    started = time.perf_counter()
-    model = resolve_builtin_model(model)
+    request = RunRequest(
+        manifest=manifest,
+        out=out,
+        model=resolve_builtin_model(model),
+        worker=WorkerConfig(device=device, dtype=None if dtype == "auto" else dtype, batch_size=batch_size),
+        executor=ExecutorConfig(kind=executor, address=address, actors=actors, gpus_per_actor=gpus_per_actor,
+                                shard_retries=shard_retries, shared_fs=shared_fs),
+        shard_size=shard_size,
+        overwrite=overwrite,
+    )
     try:
-        rows = load_rows(manifest, default_model=model)
+        summary = run_job(request)
     except ManifestError as exc:
         click.echo(f"error: manifest refused: {exc}", err=True)
         sys.exit(EXIT_REFUSED)
-    storage = open_storage(out)
-    plan = make_plan(rows, JobOptions(manifest=manifest, model=model, shard_size=shard_size))
-    storage.write_bytes(PLAN_PATH, plan.to_json().encode())
-    done = committed_shards(storage)
-    pending = [s.name for s in plan.shards if s.name not in done]
-    config = WorkerConfig(device=device, dtype=None if dtype == "auto" else dtype, batch_size=batch_size)
-    stats = run_local(plan, rows, pending, storage, config)
-    all_stats = {**done, **{s.shard: s for s in stats}}
-    ok = sum(s.ok for s in all_stats.values())
-    failed = sum(s.failed for s in all_stats.values())
-    wall = time.perf_counter() - started
-    summary = dict(rows=plan.rows, ok=ok, failed=failed, wall_seconds=round(wall, 3))
-    storage.write_bytes(SUMMARY_PATH, json.dumps(summary, indent=1).encode())
-    click.echo(f"{ok} ok, {failed} failed of {plan.rows} rows in {wall:.1f}s -> {out}")
-    sys.exit(EXIT_ROWS_FAILED if failed else EXIT_OK)
+    except (JobRefused, ModelLoadError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_REFUSED)
+    click.echo(f"{summary.line()} -> {out}")
+    if summary.interrupted:
+        click.echo("interrupted: committed shards are kept; run the same command again to resume", err=True)
+        sys.exit(130)
+    incomplete = summary.rows - summary.ok - summary.failed
+    sys.exit(EXIT_ROWS_FAILED if summary.failed or incomplete else EXIT_OK)
+
+
+@main.command()
+@click.argument("out")
+def status(out: str) -> None:
+    """Show done / total for the job in OUT (while it runs or after it stopped)."""
+    from .inspect import job_status
+
+    report = job_status(out)
+    click.echo(report.text())
+    sys.exit(EXIT_OK if report.complete else EXIT_ROWS_FAILED)
+
+
+@main.command()
+@click.argument("out")
+def verify(out: str) -> None:
+    """Check OUT: one metadata row per planned row, every ok image decodes, no stray or partial files."""
+    from .inspect import verify_outputs
+
+    problems = verify_outputs(out)
+    for problem in problems[:50]:
+        click.echo(f"problem: {problem}")
+    if len(problems) > 50:
+        click.echo(f"... and {len(problems) - 50} more")
+    click.echo("verify: ok" if not problems else f"verify: {len(problems)} problem(s)")
+    sys.exit(EXIT_OK if not problems else EXIT_ROWS_FAILED)
+
+
+if __name__ == "__main__":
+    main()

@@ -4,26 +4,25 @@ from __future__ import annotations
 
 import logging
 
-from sdbatch.manifests.schema import GenerationRow
-
-from .job import JobPlan
-from .worker import ShardStats, ShardWorker, WorkerConfig
+from .executor import ShardTask
+from .progress import Progress
 from .storage import Storage
+from .worker import ShardStats, ShardWorker, WorkerConfig
 
 log = logging.getLogger(__name__)
 
 
-def run_local(plan: JobPlan, rows: list[GenerationRow], pending: list[str], storage: Storage,
-              config: WorkerConfig, on_rows=None) -> list[ShardStats]:
-    by_index = {r.row_index: r for r in rows}
-    worker = ShardWorker(storage, config, name="local")
-    results = []
-    try:
-        for shard in plan.shards:
-            if shard.name not in pending:
-                continue
-            shard_rows = [by_index[i] for i in shard.row_indices]
-            results.append(worker.run_shard(shard.name, shard_rows, on_rows=on_rows))
-    finally:
-        worker.close()
-    return results
+class LocalExecutor:
+    def __init__(self, storage: Storage, config: WorkerConfig):
+        self.storage = storage
+        self.config = config
+
+    def run(self, tasks: list[ShardTask], progress: Progress) -> list[ShardStats]:
+        worker = ShardWorker(self.storage, self.config, name="local")
+        results = []
+        try:
+            for task in tasks:
+                results.append(worker.run_shard(task.shard, list(task.rows), on_rows=progress.advance))
+        finally:
+            worker.close()
+        return results

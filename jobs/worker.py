@@ -121,12 +121,14 @@ class ShardWorker:
         ]
 
     def run_shard(self, shard: str, rows: list[GenerationRow], on_rows=None) -> ShardStats:
+        """Generate, write and commit one shard. ``on_rows(rows, failed)`` reports progress."""
         started = time.perf_counter()
         pending = []
         for batch in batches(rows, self.config.batch_size):
-            pending.extend(self._generate(shard, batch))
+            outcomes = self._generate(shard, batch)
+            pending.extend(outcomes)
             if on_rows:
-                on_rows(len(batch))
+                on_rows(len(batch), sum(isinstance(o, str) for _, o, _ in outcomes))
         records = []
         for row, outcome, used in pending:
             if isinstance(outcome, str):
@@ -138,8 +140,20 @@ class ShardWorker:
                 records.append(ResultRecord.for_row(row, shard, status="error", error=f"write failed: {exc}", **used))
                 continue
             records.append(ResultRecord.for_row(row, shard, image=path, **used))
-        self.storage.write_bytes(metadata_path(shard), table_to_parquet_bytes(records_to_table(records)))
-        ok = sum(r.status == "ok" for r in records)
-        stats = ShardStats(shard, len(records), ok, len(records) - ok, time.perf_counter() - started, self.name)
-        self.storage.write_bytes(marker_path(shard), json.dumps(asdict(stats)).encode())
-        return stats
+        return commit_shard(self.storage, shard, records, time.perf_counter() - started, self.name)
+
+
+def commit_shard(storage: Storage, shard: str, records: list[ResultRecord], seconds: float,
+                 worker: str) -> ShardStats:
+    """Metadata first, then the marker: a shard is committed exactly when its marker exists."""
+    storage.write_bytes(metadata_path(shard), table_to_parquet_bytes(records_to_table(records)))
+    ok = sum(r.status == "ok" for r in records)
+    stats = ShardStats(shard, len(records), ok, len(records) - ok, seconds, worker)
+    storage.write_bytes(marker_path(shard), json.dumps(asdict(stats)).encode())
+    return stats
+
+
+def commit_failed_shard(storage: Storage, shard: str, rows: list[GenerationRow], cause: str) -> ShardStats:
+    """A shard that could not run (its workers kept dying): every row gets an error row."""
+    records = [ResultRecord.for_row(r, shard, status="error", error=cause) for r in rows]
+    return commit_shard(storage, shard, records, 0.0, "driver")

@@ -60,6 +60,18 @@ class LoadedModel:
         return self.pipe.scheduler.config.get("prediction_type", "epsilon")
 
 
+def quiet_libraries() -> None:
+    """diffusers and transformers print progress bars and advice on every model load; a batch
+    tool's output is its own progress and summary, so theirs are turned down to errors."""
+    import diffusers.utils.logging as dlog
+    import transformers.utils.logging as tlog
+
+    dlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -136,3 +148,20 @@ def load_model(name: str, device: str | torch.device = "auto", dtype: str | None
     resolved = revision or index.get("_commit_hash")
     log.info("loaded %s (%s) on %s as %s", name, type(pipe).__name__, dev, torch_dtype)
     return LoadedModel(name=name, revision=resolved, pipe=pipe, device=dev, dtype=torch_dtype)
+
+
+def model_fingerprint(name: str, revision: str | None = None) -> str:
+    """What identifies a model's weights for resume checks: a content hash for a local folder
+    (configs and safetensors), the id and requested revision for a hub model."""
+    import hashlib
+
+    path = Path(name)
+    if not path.is_dir():
+        return f"hub:{name}@{revision or 'main'}"
+    h = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(str(file.relative_to(path)).encode())
+        with open(file, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+    return f"sha256:{h.hexdigest()}"

@@ -36,7 +36,7 @@ def test_run_writes_one_image_and_metadata_row_per_manifest_row(tiny_base, tmp_p
         "label": ["x", "y", "z", "x", "y", "z"],
     })
     out = tmp_path / "out"
-    result = run_cli("run", str(manifest), "--model", tiny_base, "--out", str(out), "--device", "cpu",
+    result = run_cli("run", str(manifest), "--model", tiny_base, "--out", str(out), "--device", "cpu", "--executor", "local",
                      "--batch-size", "4")
     assert result.exit_code == 0, result.output
     rows = {r["id"]: r for r in read_metadata(out)}
@@ -62,7 +62,7 @@ def test_same_rows_same_images_whatever_the_batch_size(tiny_base, tmp_path):
     pixels = []
     for batch in ("1", "5"):
         out = tmp_path / f"out{batch}"
-        assert run_cli("run", str(manifest), "--model", tiny_base, "--out", str(out), "--device", "cpu",
+        assert run_cli("run", str(manifest), "--model", tiny_base, "--out", str(out), "--device", "cpu", "--executor", "local",
                        "--batch-size", batch).exit_code == 0
         meta = sorted(read_metadata(out), key=lambda r: r["id"])
         pixels.append(np.stack([np.asarray(Image.open(out / r["image"])) for r in meta]).astype(int))
@@ -74,7 +74,7 @@ def test_rows_without_id_or_seed_get_stable_ones(tiny_base, tmp_path):
     runs = []
     for name in ("o1", "o2"):
         assert run_cli("run", str(manifest), "--model", tiny_base, "--out", str(tmp_path / name),
-                       "--device", "cpu").exit_code == 0
+                       "--device", "cpu", "--executor", "local").exit_code == 0
         runs.append(sorted((r["id"], r["seed"]) for r in read_metadata(tmp_path / name)))
     assert runs[0] == runs[1]
     assert len({seed for _, seed in runs[0]}) == 2
@@ -82,7 +82,7 @@ def test_rows_without_id_or_seed_get_stable_ones(tiny_base, tmp_path):
 
 def test_default_model_is_the_builtin_tiny_one(tmp_path):
     manifest = write_manifest(tmp_path / "m.parquet", {"prompt": ["hello"], "steps": [2]})
-    result = run_cli("run", str(manifest), "--out", str(tmp_path / "out"), "--device", "cpu")
+    result = run_cli("run", str(manifest), "--out", str(tmp_path / "out"), "--device", "cpu", "--executor", "local")
     assert result.exit_code == 0, result.output
     (row,) = read_metadata(tmp_path / "out")
     assert row["status"] == "ok" and "tiny-base" in row["model"]
