@@ -35,8 +35,7 @@ class GeneratorActor:
         self.name = name
         self.progress = progress
         self.worker = ShardWorker(open_storage(out_root), config, name=name)
-        for model in models:
-            self.worker.engine(model)
+        self.worker.load(models)
 
     def info(self) -> ActorInfo:
         device = next(iter(self.worker._engines.values())).device if self.worker._engines else "?"

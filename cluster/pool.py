@@ -8,6 +8,7 @@ naming the cause, and the job goes on.
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -72,6 +73,7 @@ class RayExecutor:
         self.models = models
         self.progress_counter = None
         self.slots: list[ActorSlot] = []
+        self.ready_at: float | None = None  # perf_counter() when every actor had loaded its models
 
     def _start_actors(self) -> None:
         plan = self.actor_plan
@@ -88,6 +90,7 @@ class RayExecutor:
         infos = ray.get([s.handle.info.remote() for s in self.slots])
         for info in infos:
             log.info("%s ready: pid %d on %s (%s)", info.name, info.pid, info.host, info.device)
+        self.ready_at = time.perf_counter()
 
     def _poll_progress(self, attempts: dict, progress: Progress) -> None:
         for shard, (rows, failed) in ray.get(self.progress_counter.take.remote()).items():

@@ -46,7 +46,9 @@ class Summary:
     skipped: int  # rows of shards committed by an earlier run
     generated: int  # rows run by this run
     wall_seconds: float
-    images_per_second: float
+    images_per_second: float  # rows run by this run / wall time (start-up and model loads included)
+    generation_seconds: float  # from workers ready (models loaded) to the last shard committed
+    generation_images_per_second: float
     executor: str
     per_actor: dict[str, dict] = field(default_factory=dict)
     interrupted: bool = False
@@ -83,7 +85,7 @@ def _executor(request: RunRequest, storage: Storage, plan: JobPlan):
     if request.executor.kind == "local":
         from .local import LocalExecutor
 
-        return LocalExecutor(storage, request.worker), None
+        return LocalExecutor(storage, request.worker, sorted(plan.models)), None
     from sdbatch.cluster.connect import connect
     from sdbatch.cluster.pool import RayExecutor
 
@@ -110,6 +112,7 @@ def run_job(request: RunRequest) -> Summary:
     progress.add_failed(sum(s.failed for s in done.values()))
     interrupted = False
     new: list[ShardStats] = []
+    executor = None
     try:
         executor, _ = _executor(request, storage, plan) if tasks else (None, None)
         if executor is not None:
@@ -122,12 +125,15 @@ def run_job(request: RunRequest) -> Summary:
             from sdbatch.cluster.connect import disconnect
 
             disconnect()
-    summary = _summarise(plan, storage, new, skipped, time.perf_counter() - started, request, interrupted)
+    ended = time.perf_counter()
+    ready_at = getattr(executor, "ready_at", None)
+    generation = ended - ready_at if ready_at else 0.0
+    summary = _summarise(plan, storage, new, skipped, ended - started, generation, request, interrupted)
     storage.write_bytes(SUMMARY_PATH, json.dumps(asdict(summary), indent=1).encode())
     return summary
 
 
-def _summarise(plan, storage, new, skipped, wall, request, interrupted) -> Summary:
+def _summarise(plan, storage, new, skipped, wall, generation, request, interrupted) -> Summary:
     committed = committed_shards(storage)
     per_actor: dict[str, dict] = {}
     for stats in new:
@@ -144,6 +150,8 @@ def _summarise(plan, storage, new, skipped, wall, request, interrupted) -> Summa
         generated=generated,
         wall_seconds=round(wall, 3),
         images_per_second=round(generated / wall, 3) if wall > 0 else 0.0,
+        generation_seconds=round(generation, 3),
+        generation_images_per_second=round(generated / generation, 3) if generation > 0 else 0.0,
         executor=request.executor.kind,
         per_actor=per_actor,
         interrupted=interrupted,

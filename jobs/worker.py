@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -76,6 +77,13 @@ class ShardWorker:
         self.name = name
         self._engines: dict[str, BatchedEngine] = {}
         self._pool = ThreadPoolExecutor(max_workers=config.encode_threads, thread_name_prefix="encode")
+        # Encoded-but-unwritten images are bounded, so memory stays flat when storage is slow.
+        self._write_slots = threading.BoundedSemaphore(4 * config.batch_size)
+
+    def load(self, models: list[str]) -> None:
+        """Load every model of the job up front, so a bad model fails before any shard starts."""
+        for model in models:
+            self.engine(model)
 
     def engine(self, model: str) -> BatchedEngine:
         if model not in self._engines:
@@ -115,10 +123,13 @@ class ShardWorker:
         per_row = (time.perf_counter() - started) / len(batch)
         used = dict(width=settings.width, height=settings.height, scheduler=result.scheduler,
                     model_revision=engine.model.revision, seconds=per_row)
-        return [
-            (row, self._pool.submit(self._write_image, shard, row, pixels), used)
-            for row, pixels in zip(batch, result.images)
-        ]
+        return [(row, self._submit_write(shard, row, pixels), used) for row, pixels in zip(batch, result.images)]
+
+    def _submit_write(self, shard: str, row: GenerationRow, pixels: np.ndarray) -> Future:
+        self._write_slots.acquire()  # blocks only when writes fall far behind generation
+        future = self._pool.submit(self._write_image, shard, row, pixels)
+        future.add_done_callback(lambda _: self._write_slots.release())
+        return future
 
     def run_shard(self, shard: str, rows: list[GenerationRow], on_rows=None) -> ShardStats:
         """Generate, write and commit one shard. ``on_rows(rows, failed)`` reports progress."""
