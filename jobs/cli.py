@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import time
 
@@ -81,6 +82,7 @@ def run(manifest, model, out, executor, address, actors, gpus_per_actor, device,
         shard_size=shard_size,
         overwrite=overwrite,
     )
+    signal.signal(signal.SIGTERM, _interrupt)  # a preempted pod stops as cleanly as Ctrl-C
     try:
         summary = run_job(request)
     except ManifestError as exc:
@@ -95,6 +97,10 @@ def run(manifest, model, out, executor, address, actors, gpus_per_actor, device,
         sys.exit(130)
     incomplete = summary.rows - summary.ok - summary.failed
     sys.exit(EXIT_ROWS_FAILED if summary.failed or incomplete else EXIT_OK)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @main.command()

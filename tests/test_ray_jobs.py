@@ -145,3 +145,22 @@ def test_rerun_with_other_options_is_refused(job, tmp_path):
     again = sdbatch("run", str(manifest), "--out", str(out), "--executor", "local", *other, "--overwrite")
     assert again.returncode == 0, again.stderr
     assert sdbatch("verify", str(out)).returncode == 0
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_stops_cleanly_and_rerun_resumes(job, tmp_path, stop):
+    manifest, common, reference = job
+    out = tmp_path / "out"
+    args = ["run", str(manifest), "--out", str(out), "--executor", "local", *common]
+    proc = start(*args)
+    wait_for(lambda: markers(out) >= 1, proc)
+    proc.send_signal(stop)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, output
+    assert "run the same command again to resume" in output
+    assert markers(out) < ROWS // 4
+    assert not list((out / "_job" / "tmp").glob("*")), "partial files left behind"
+    assert sdbatch("verify", str(out)).returncode == 1  # incomplete, and says so
+    assert sdbatch(*args).returncode == 0
+    assert sdbatch("verify", str(out)).returncode == 0
+    assert_same_images(images_by_id(out), reference)
