@@ -59,7 +59,8 @@ def decode_image(data: bytes, source: str) -> Image.Image:
         image = Image.open(io.BytesIO(data))
         image.load()
     except UnidentifiedImageError:
-        raise ImageCellError(f"not an image: {source} holds {len(data)} bytes in no image format PIL reads") from None
+        raise ImageCellError(f"not an image: {source} holds {len(data)} bytes in no image format "
+                             "PIL reads") from None
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageCellError(f"cannot decode the image in {source}: {exc}") from None
     return ImageOps.exif_transpose(image)

@@ -23,6 +23,7 @@ import logging
 from dataclasses import dataclass
 from typing import Callable, Hashable
 
+import numpy as np
 from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
 
@@ -160,11 +161,14 @@ def effective_size(row: GenerationRow, init: Image.Image | None, model: LoadedMo
     return row.width or init.width - init.width % f, row.height or init.height - init.height % f
 
 
-def depth_array(depth: CellImage):
+def depth_array(depth: CellImage) -> np.ndarray:
+    """The depth map scaled to [0, 1] in float32: 16-bit maps would overflow float16 (max 65504),
+    and the engine's min-max normalisation after (linear) interpolation is unchanged by it."""
     values = depth_values(depth.image)
-    if values.size == 0 or values.max() == values.min():
+    low, high = values.min(), values.max()
+    if high == low:
         raise InputError("depth_map", "the depth map is constant: no depth for the model to follow")
-    return values
+    return (values - low) / (high - low)
 
 
 def make_ready(row: GenerationRow, images: RowImages, model: LoadedModel) -> ReadyRow:

@@ -96,7 +96,8 @@ class ShardWorker:
         self.storage.write_bytes(path, _encode_png(pixels))
         return path
 
-    def _generate(self, shard: str, batch: list[ReadyRow]) -> list[tuple[GenerationRow, Future | str, dict, InputTrace]]:
+    def _generate(self, shard: str,
+                  batch: list[ReadyRow]) -> list[tuple[GenerationRow, Future | str, dict, InputTrace]]:
         """Run one batch; returns per row either a pending image write or an error message."""
         try:
             engine = self.engine(batch[0].row.model)

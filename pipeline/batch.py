@@ -24,7 +24,7 @@ class BatchSettings:
     strength: float = DEFAULT_STRENGTH
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds images and arrays: compared by identity
 class RowInput:
     """What may vary from row to row inside a batch.
 

@@ -187,13 +187,13 @@ def _estimated_depth(ctx: BatchContext, images: list[Image.Image]) -> torch.Tens
         return pipe.depth_estimator(pixel_values.to(device=device, dtype=dtype)).predicted_depth
 
 
-def _normalised_depth(depth: torch.Tensor, size: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+def _normalised_depth(depth: torch.Tensor, size: tuple[int, int], dtype: torch.dtype, source: str) -> torch.Tensor:
     """(1, H, W) depth -> (1, 1, h, w) in [-1, 1] at latent size (bicubic), as stock does."""
     depth = F.interpolate(depth.unsqueeze(1), size=size, mode="bicubic", align_corners=False)
     low = torch.amin(depth, dim=[1, 2, 3], keepdim=True)
     high = torch.amax(depth, dim=[1, 2, 3], keepdim=True)
     if bool((high == low).all()):
-        raise ModeError("depth_map", "the depth map is constant: no depth for the model to follow")
+        raise ModeError("depth_map", f"the {source} depth map is constant: no depth for the model to follow")
     return (2.0 * (depth - low) / (high - low) - 1.0).to(dtype)
 
 
@@ -208,7 +208,8 @@ def _depth_condition(ctx: BatchContext) -> torch.Tensor:
         estimated = _estimated_depth(ctx, [ctx.rows[i].init_image for i in missing])
         for j, i in enumerate(missing):
             depths[i] = estimated[j : j + 1]
-    return torch.cat([_normalised_depth(d, ctx.latent_size, dtype) for d in depths])
+    sources = ["given" if r.depth_map is not None else "estimated" for r in ctx.rows]
+    return torch.cat([_normalised_depth(d, ctx.latent_size, dtype, s) for d, s in zip(depths, sources)])
 
 
 # -- the modes -------------------------------------------------------------------------------

@@ -159,7 +159,8 @@ def test_mode_must_suit_the_model(models):
     assert "column mode" in error and "needs a depth model" in error
     error = failure(make_row(mode="img2img", init_image=image), models, "inpaint")
     assert "9-channel inpainting UNet" in error
-    assert isinstance(prepare(make_row(mode="inpaint", init_image=image, mask_image=image), models, "base"), ReadyRow)
+    plain_inpaint = make_row(mode="inpaint", init_image=image, mask_image=image)
+    assert isinstance(prepare(plain_inpaint, models, "base"), ReadyRow)
 
 
 def test_depth_without_estimator_needs_a_depth_map(models):
@@ -174,10 +175,12 @@ def test_depth_without_estimator_needs_a_depth_map(models):
 
 def test_sixteen_bit_depth_maps_keep_their_precision(models):
     buf = io.BytesIO()
-    Image.fromarray(np.arange(600, dtype=np.uint16).reshape(20, 30) * 100).save(buf, format="PNG")
+    levels = np.arange(600, dtype=np.uint16).reshape(20, 30) * 109  # up to 65_291: more than 8 bits
+    Image.fromarray(levels).save(buf, format="PNG")
     ready = prepare(make_row(mode="depth2img", init_image=png_bytes(32, 32), depth_map=buf.getvalue()),
                     models, "depth")
-    assert ready.input.depth_map.max() == 59_900
+    assert len(np.unique(ready.input.depth_map)) == 600
+    assert (ready.input.depth_map.min(), ready.input.depth_map.max()) == (0.0, 1.0)
 
 
 def test_constant_depth_map_is_refused(models):
