@@ -7,8 +7,12 @@ row, rows inside a group keep manifest order, and shards are numbered in that or
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Hashable, TypeVar
 
 from sdbatch.manifests.schema import GenerationRow
+
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -30,12 +34,14 @@ def plan_shards(rows: list[GenerationRow], shard_size: int) -> list[Shard]:
     return shards
 
 
-def batches(rows: list[GenerationRow], batch_size: int) -> list[list[GenerationRow]]:
-    """Consecutive rows of equal group key, at most ``batch_size`` each."""
-    out: list[list[GenerationRow]] = []
-    for row in rows:
-        if out and len(out[-1]) < batch_size and out[-1][0].group_key() == row.group_key():
-            out[-1].append(row)
-        else:
-            out.append([row])
-    return out
+def group_batches(items: list[T], key: Callable[[T], Hashable], batch_size: int) -> list[list[T]]:
+    """Items of equal key, at most ``batch_size`` per batch, groups in first-seen order.
+
+    A row's image does not depend on its batch, so rows need not be consecutive to share one:
+    grouping by key keeps batches full when effective settings (e.g. sizes taken from init
+    images) interleave.
+    """
+    groups: dict[Hashable, list[T]] = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
+    return [group[i : i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]

@@ -15,6 +15,19 @@ import pyarrow.parquet as pq
 from sdbatch.manifests.schema import GenerationRow
 
 
+@dataclass(frozen=True)
+class InputTrace:
+    """What a row's input images were: their content hashes (SHA-256 of the bytes read) and, for
+    the init image, its size as given and whether it was resized to the row's size."""
+
+    init_image_sha256: str | None = None
+    mask_image_sha256: str | None = None
+    depth_map_sha256: str | None = None
+    init_image_width: int | None = None
+    init_image_height: int | None = None
+    init_image_resized: bool | None = None
+
+
 @dataclass
 class ResultRecord:
     id: str
@@ -37,10 +50,16 @@ class ResultRecord:
     shard: str
     model_revision: str | None = None
     seconds: float | None = None  # wall time of the row's batch, divided by its rows
+    init_image_sha256: str | None = None
+    mask_image_sha256: str | None = None
+    depth_map_sha256: str | None = None
+    init_image_width: int | None = None
+    init_image_height: int | None = None
+    init_image_resized: bool | None = None
     extras: tuple[tuple[str, Any], ...] = field(default=())
 
     @classmethod
-    def for_row(cls, row: GenerationRow, shard: str, **kw) -> "ResultRecord":
+    def for_row(cls, row: GenerationRow, shard: str, trace: InputTrace | None = None, **kw) -> "ResultRecord":
         base = dict(
             id=row.id, key=row.key, prompt=row.prompt, negative_prompt=row.negative_prompt,
             seed=row.seed, guidance_scale=row.guidance_scale, steps=row.steps, width=row.width,
@@ -48,6 +67,7 @@ class ResultRecord:
             strength=row.strength if row.mode != "txt2img" else None, row_index=row.row_index,
             shard=shard, extras=row.extras, status="ok", error=None, image=None,
         )
+        base.update(asdict(trace or InputTrace()))
         base.update(kw)
         return cls(**base)
 
@@ -60,6 +80,9 @@ METADATA_SCHEMA = pa.schema([
     ("model", pa.string()), ("mode", pa.string()), ("strength", pa.float64()),
     ("row_index", pa.int64()), ("shard", pa.string()), ("model_revision", pa.string()),
     ("seconds", pa.float64()),
+    ("init_image_sha256", pa.string()), ("mask_image_sha256", pa.string()),
+    ("depth_map_sha256", pa.string()), ("init_image_width", pa.int64()),
+    ("init_image_height", pa.int64()), ("init_image_resized", pa.bool_()),
 ])
 _RESERVED = set(METADATA_SCHEMA.names)
 

@@ -1,7 +1,9 @@
 """A shard's work: rows -> batches -> engine -> encoded images -> metadata -> commit marker.
 
-The same ``ShardWorker`` runs inside the local executor and inside each Ray actor. A batch that
-raises is retried row by row, so one bad row fails alone with its error recorded.
+The same ``ShardWorker`` runs inside the local executor and inside each Ray actor. Rows are
+prepared one by one first (inputs read and checked, see ``inputs.py``), so bad input fails its row
+alone; a batch that still raises is retried row by row, so one bad row fails alone with its error
+recorded.
 """
 
 from __future__ import annotations
@@ -18,16 +20,19 @@ import numpy as np
 from PIL import Image
 
 from sdbatch.manifests.schema import GenerationRow
-from sdbatch.pipeline.engine import BatchedEngine, BatchSettings, RowInput
+from sdbatch.pipeline.engine import BatchedEngine
 from sdbatch.pipeline.loading import LoadedModel, load_model
 
-from .plan import batches
-from .records import ResultRecord, records_to_table, table_to_parquet_bytes
+from .inputs import FailedRow, ReadyRow, batch_key, prepare_rows
+from .plan import group_batches
+from .records import InputTrace, ResultRecord, records_to_table, table_to_parquet_bytes
 from .storage import Storage
 
 log = logging.getLogger(__name__)
 
 MARKER_DIR = "_job/shards"
+# Rows are prepared (their input images decoded) this many batches at a time, to bound memory.
+PREPARE_WINDOW_BATCHES = 8
 
 
 def marker_path(shard: str) -> str:
@@ -77,6 +82,8 @@ class ShardWorker:
         self.name = name
         self._engines: dict[str, BatchedEngine] = {}
         self._pool = ThreadPoolExecutor(max_workers=config.encode_threads, thread_name_prefix="encode")
+        # The next window of rows is prepared (images read and decoded) while this one denoises.
+        self._prepare_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
         # Encoded-but-unwritten images are bounded, so memory stays flat when storage is slow.
         self._write_slots = threading.BoundedSemaphore(4 * config.batch_size)
 
@@ -92,38 +99,34 @@ class ShardWorker:
         return self._engines[model]
 
     def close(self) -> None:
+        self._prepare_pool.shutdown(wait=True, cancel_futures=True)
         self._pool.shutdown(wait=True)
-
-    def _settings(self, row: GenerationRow, engine: BatchedEngine) -> BatchSettings:
-        size = engine.model.default_size
-        return BatchSettings(
-            width=row.width or size, height=row.height or size, steps=row.steps,
-            scheduler=row.scheduler, mode=row.mode, strength=row.strength,
-        )
 
     def _write_image(self, shard: str, row: GenerationRow, pixels: np.ndarray) -> str:
         path = image_path(shard, row.key)
         self.storage.write_bytes(path, _encode_png(pixels))
         return path
 
-    def _generate(self, shard: str, batch: list[GenerationRow]) -> list[tuple[GenerationRow, Future | str, dict]]:
+    def _generate(self, shard: str,
+                  batch: list[ReadyRow]) -> list[tuple[GenerationRow, Future | str, dict, InputTrace]]:
         """Run one batch; returns per row either a pending image write or an error message."""
         try:
-            engine = self.engine(batch[0].model)
-            settings = self._settings(batch[0], engine)
+            engine = self.engine(batch[0].row.model)
+            settings = batch[0].settings
             started = time.perf_counter()
-            inputs = [RowInput(r.prompt, r.seed, r.guidance_scale, r.negative_prompt) for r in batch]
-            result = engine.generate(settings, inputs)
+            result = engine.generate(settings, [ready.input for ready in batch])
         except Exception as exc:  # noqa: BLE001 - a row's failure is recorded, not raised
             if len(batch) > 1:
                 log.warning("batch of %d failed (%s); retrying row by row", len(batch), exc)
-                return [item for row in batch for item in self._generate(shard, [row])]
-            log.warning("row %s (manifest row %d) failed: %s", batch[0].id, batch[0].row_index, exc)
-            return [(batch[0], f"{type(exc).__name__}: {exc}", {})]
+                return [item for ready in batch for item in self._generate(shard, [ready])]
+            row = batch[0].row
+            log.warning("row %s (manifest row %d) failed: %s", row.id, row.row_index, exc)
+            return [(row, f"{type(exc).__name__}: {exc}", {}, batch[0].trace)]
         per_row = (time.perf_counter() - started) / len(batch)
         used = dict(width=settings.width, height=settings.height, scheduler=result.scheduler,
                     model_revision=engine.model.revision, seconds=per_row)
-        return [(row, self._submit_write(shard, row, pixels), used) for row, pixels in zip(batch, result.images)]
+        return [(ready.row, self._submit_write(shard, ready.row, pixels), used, ready.trace)
+                for ready, pixels in zip(batch, result.images)]
 
     def _submit_write(self, shard: str, row: GenerationRow, pixels: np.ndarray) -> Future:
         self._write_slots.acquire()  # blocks only when writes fall far behind generation
@@ -131,26 +134,49 @@ class ShardWorker:
         future.add_done_callback(lambda _: self._write_slots.release())
         return future
 
-    def run_shard(self, shard: str, rows: list[GenerationRow], on_rows=None) -> ShardStats:
-        """Generate, write and commit one shard. ``on_rows(rows, failed)`` reports progress."""
-        started = time.perf_counter()
-        pending = []
-        for batch in batches(rows, self.config.batch_size):
+    def _prepare(self, rows: list[GenerationRow]) -> list[ReadyRow | FailedRow]:
+        return prepare_rows(rows, lambda name: self.engine(name).model)
+
+    def _run_prepared(self, shard: str, prepared: list[ReadyRow | FailedRow], on_rows=None) -> list:
+        """Run prepared rows in batches of equal effective settings; failed rows pass through."""
+        pending = [(p.row, p.error, {}, p.trace) for p in prepared if isinstance(p, FailedRow)]
+        if on_rows and pending:
+            on_rows(len(pending), len(pending))
+        ready = [p for p in prepared if isinstance(p, ReadyRow)]
+        for batch in group_batches(ready, batch_key, self.config.batch_size):
             outcomes = self._generate(shard, batch)
             pending.extend(outcomes)
             if on_rows:
-                on_rows(len(batch), sum(isinstance(o, str) for _, o, _ in outcomes))
+                on_rows(len(batch), sum(isinstance(o[1], str) for o in outcomes))
+        return pending
+
+    def run_shard(self, shard: str, rows: list[GenerationRow], on_rows=None) -> ShardStats:
+        """Generate, write and commit one shard. ``on_rows(rows, failed)`` reports progress.
+
+        Rows go in windows of a few batches: window k+1 is prepared on a thread while window k
+        runs, so the device does not wait on image reading and decoding.
+        """
+        started = time.perf_counter()
+        window = self.config.batch_size * PREPARE_WINDOW_BATCHES
+        windows = [rows[i : i + window] for i in range(0, len(rows), window)]
+        pending = []
+        upcoming = self._prepare_pool.submit(self._prepare, windows[0]) if windows else None
+        for k in range(len(windows)):
+            prepared = upcoming.result()
+            upcoming = self._prepare_pool.submit(self._prepare, windows[k + 1]) if k + 1 < len(windows) else None
+            pending.extend(self._run_prepared(shard, prepared, on_rows))
         records = []
-        for row, outcome, used in pending:
+        for row, outcome, used, trace in sorted(pending, key=lambda item: item[0].row_index):
             if isinstance(outcome, str):
-                records.append(ResultRecord.for_row(row, shard, status="error", error=outcome))
+                records.append(ResultRecord.for_row(row, shard, trace, status="error", error=outcome))
                 continue
             try:
                 path = outcome.result()
             except Exception as exc:  # noqa: BLE001
-                records.append(ResultRecord.for_row(row, shard, status="error", error=f"write failed: {exc}", **used))
+                records.append(ResultRecord.for_row(row, shard, trace, status="error",
+                                                    error=f"write failed: {exc}", **used))
                 continue
-            records.append(ResultRecord.for_row(row, shard, image=path, **used))
+            records.append(ResultRecord.for_row(row, shard, trace, image=path, **used))
         return commit_shard(self.storage, shard, records, time.perf_counter() - started, self.name)
 
 

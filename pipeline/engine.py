@@ -1,14 +1,17 @@
 """The batched denoising engine: the seed article's loop (steps 4 to 11), run for many rows at once.
 
-A batch shares model, mode, size, steps and scheduler; prompt, negative prompt, seed and guidance
-scale vary per row. A row's image depends only on the model and the row:
+A batch shares model, mode, size, steps, scheduler and strength; prompt, negative prompt, seed,
+guidance scale and input images vary per row. A row's image depends only on the model and the row:
 
-* its initial noise (and any noise an ancestral scheduler draws) comes from its own
-  ``torch.Generator("cpu").manual_seed(seed)``, drawn with the shapes stock diffusers uses for one
-  image, so the stream is the one diffusers would draw;
+* every random draw for a row (VAE encode samples, initial noise, and any noise an ancestral
+  scheduler draws) comes from its own ``torch.Generator("cpu").manual_seed(seed)``, in the order
+  and with the shapes stock diffusers uses for one image, so the stream is the one diffusers draws;
 * guidance is applied per row; rows with guidance scale <= 1 skip the unconditional branch, as
   stock diffusers does for such a scale, and cost one UNet sample instead of two;
 * cond and uncond samples of every row go through the UNet in one call.
+
+All four modes run this one loop; what differs per mode (timesteps, start, extra UNet input
+channels, 4-channel inpainting's blend) is in ``modes.py``.
 """
 
 from __future__ import annotations
@@ -19,33 +22,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .batch import IMAGE_MODES, BatchSettings, RowInput
 from .loading import LoadedModel
+from .modes import STARTS, BatchContext, check_model_supports, denoising_timesteps
 from .schedulers import make_scheduler, scheduler_name, step_kwargs
 from .text import PromptEncoder
 
+__all__ = ["BatchedEngine", "BatchResult", "BatchSettings", "RowInput"]
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class BatchSettings:
-    """What every row of one batch shares."""
-
-    width: int
-    height: int
-    steps: int
-    scheduler: str | None = None
-    mode: str = "txt2img"
-    strength: float = 0.8
-
-
-@dataclass(frozen=True)
-class RowInput:
-    """What may vary from row to row inside a batch."""
-
-    prompt: str
-    seed: int
-    guidance_scale: float = 7.5
-    negative_prompt: str = ""
 
 
 @dataclass
@@ -66,23 +51,33 @@ class BatchedEngine:
         self.prompts = PromptEncoder(self.pipe.tokenizer, self.pipe.text_encoder, self.device, self.dtype)
 
     # -- pieces ---------------------------------------------------------------------------
-    def _check(self, settings: BatchSettings) -> None:
-        f = self.model.vae_scale_factor
-        if settings.width % f or settings.height % f:
-            raise ValueError(f"width and height must be multiples of {f}, got {settings.width}x{settings.height}")
-        if settings.mode != "txt2img":
-            raise ValueError(f"mode {settings.mode!r} is not supported by this engine")
+    def _check(self, settings: BatchSettings, rows: list[RowInput]) -> None:
+        """Refuse what the loop cannot run, naming the cause (the worker checks rows one by one
+        before batching; this guards every other caller)."""
+        f, smallest = self.model.vae_scale_factor, self.model.min_size
+        w, h = settings.width, settings.height
+        if w % f or h % f:
+            raise ValueError(f"width and height must be multiples of {f}, got {w}x{h}")
+        if w < smallest or h < smallest:
+            raise ValueError(f"{w}x{h} is too small for this model: at least {smallest}x{smallest}")
+        for i, row in enumerate(rows):
+            check_model_supports(self.model, settings.mode, has_depth_map=row.depth_map is not None)
+            if settings.mode not in IMAGE_MODES:
+                continue
+            needed = {"init_image": row.init_image}
+            if settings.mode == "inpaint":
+                needed["mask_image"] = row.mask_image
+            for name, image in needed.items():
+                if image is None:
+                    raise ValueError(f"row {i}: {settings.mode} needs {name}")
+                if image.size != (w, h):
+                    raise ValueError(f"row {i}: {name} is {image.width}x{image.height}, the batch is {w}x{h}")
 
     def _embeddings(self, rows: list[RowInput], cfg: list[int]) -> torch.Tensor:
         """[uncond of the guided rows..., cond of every row...], each text encoded once."""
         texts = [rows[i].negative_prompt for i in cfg] + [r.prompt for r in rows]
         unique, index = self.prompts.encode_unique(texts)
         return unique[torch.tensor(index, device=self.device)]
-
-    def _noise(self, shape: tuple[int, ...], generators: list[torch.Generator]) -> torch.Tensor:
-        """Per-row noise from each row's own CPU generator, shape (1, ...) per draw as diffusers."""
-        draws = [torch.randn((1, *shape), generator=g, dtype=self.dtype) for g in generators]
-        return torch.cat(draws).to(self.device)
 
     def _decode(self, latents: torch.Tensor) -> np.ndarray:
         vae = self.pipe.vae
@@ -97,8 +92,7 @@ class BatchedEngine:
     # -- the loop -------------------------------------------------------------------------
     @torch.inference_mode()
     def generate(self, settings: BatchSettings, rows: list[RowInput]) -> BatchResult:
-        self._check(settings)
-        n = len(rows)
+        self._check(settings, rows)
         cfg = [i for i, r in enumerate(rows) if r.guidance_scale > 1.0]
         embeds = self._embeddings(rows, cfg)
         guidance = torch.tensor([rows[i].guidance_scale for i in cfg], dtype=self.dtype, device=self.device)
@@ -107,20 +101,27 @@ class BatchedEngine:
 
         scheduler = make_scheduler(settings.scheduler, self.pipe.scheduler)
         scheduler.set_timesteps(settings.steps, device=self.device)
+        timesteps = denoising_timesteps(scheduler, settings)
         generators = [torch.Generator("cpu").manual_seed(r.seed) for r in rows]
-        f = self.model.vae_scale_factor
-        shape = (self.model.latent_channels, settings.height // f, settings.width // f)
-        latents = self._noise(shape, generators) * scheduler.init_noise_sigma
+        ctx = BatchContext(self.model, settings, rows, scheduler, timesteps, generators, self.vae_batch)
+        start = STARTS[settings.mode](ctx)
+        latents, condition = start.latents, start.condition
+        if condition is not None and cfg:
+            condition = torch.cat([condition[cfg_index], condition])
         extra = step_kwargs(scheduler, generators)
 
-        for t in scheduler.timesteps:
+        for i, t in enumerate(timesteps):
             model_input = torch.cat([latents[cfg_index], latents]) if cfg else latents
             model_input = scheduler.scale_model_input(model_input, t)
+            if condition is not None:
+                model_input = torch.cat([model_input, condition], dim=1)
             noise_pred = self.pipe.unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
             if cfg:
                 uncond, cond = noise_pred[: len(cfg)], noise_pred[len(cfg):]
                 guided = uncond + guidance * (cond[cfg_index] - uncond)
                 noise_pred = cond.index_copy(0, cfg_index, guided)
             latents = scheduler.step(noise_pred, t, latents, **extra, return_dict=False)[0]
+            if start.known is not None:
+                latents = start.known.blend(latents, scheduler, timesteps, i)
 
         return BatchResult(images=self._decode(latents), scheduler=scheduler_name(scheduler))

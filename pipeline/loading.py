@@ -52,6 +52,12 @@ class LoadedModel:
         return self.pipe.unet.config.sample_size * self.vae_scale_factor
 
     @property
+    def min_size(self) -> int:
+        """The smallest side, in pixels, that still leaves one latent cell at the UNet's deepest
+        level: each down block but the last halves the latents (64 for SD 1.x and 2.x)."""
+        return self.vae_scale_factor * 2 ** (len(self.pipe.unet.config.down_block_types) - 1)
+
+    @property
     def has_depth_estimator(self) -> bool:
         return getattr(self.pipe, "depth_estimator", None) is not None
 
@@ -122,7 +128,12 @@ def load_model(name: str, device: str | torch.device = "auto", dtype: str | None
         index = DiffusionPipeline.load_config(name, revision=revision)
     except Exception as exc:  # hub errors, offline mode, missing folder
         raise ModelLoadError(f"{name}: cannot read the pipeline's model_index.json: {exc}") from exc
-    extra: dict[str, Any] = {}
+    # Components saved as null (e.g. a depth model saved without its depth estimator) load as None
+    # rather than failing the whole pipeline; the engine says what a row needs that is missing.
+    extra: dict[str, Any] = {
+        key: None for key, value in index.items()
+        if not key.startswith("_") and isinstance(value, (list, tuple)) and not any(value)
+    }
     if "safety_checker" in index:
         # Bulk generation writes every image; a safety filter is a separate, explicit step.
         extra.update(safety_checker=None, requires_safety_checker=False)

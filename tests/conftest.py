@@ -7,6 +7,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# One torch thread per test process (subprocesses inherit it): the tiny model gains nothing from
+# more, and on a shared 2-core machine competing OpenMP threads run several times slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pathlib import Path
 

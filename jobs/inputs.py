@@ -1,0 +1,228 @@
+"""Manifest rows -> engine-ready rows, one row at a time, before any batch is formed.
+
+Here each row's image cells are read, decoded, hashed and checked against its mode and model, and
+its effective settings decided (its size may come from its init image). So a row with bad input
+fails alone, with an error naming the row, the column and the cause, and never takes its batch
+neighbours down; and batches are formed by effective settings (``batch_key``).
+
+Size rules (``width``/``height`` are the generated image's size):
+
+* no init image (txt2img): a missing side is the model's default size;
+* with an init image: a missing side is the init image's, rounded down to a multiple of the VAE
+  scale factor (8), as diffusers does; when the result differs from the image's own size the init
+  image (and mask) are resized to it, Lanczos, as diffusers' ``VaeImageProcessor`` resizes;
+* every side must be a multiple of the VAE scale factor and at least the model's minimum size
+  (``LoadedModel.min_size``: one latent cell at the UNet's deepest level, 64 for SD 1.x/2.x), and
+  so must the init image itself; the mask must be exactly the init image's size;
+* a depth map may have any size (it is interpolated to the latent size, as diffusers does).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Hashable
+
+import numpy as np
+from diffusers.image_processor import VaeImageProcessor
+from PIL import Image
+
+from sdbatch.manifests.schema import IMAGE_COLUMNS, GenerationRow
+from sdbatch.pipeline.batch import DEFAULT_STRENGTH, IMAGE_MODES, MODES, BatchSettings, RowInput
+from sdbatch.pipeline.loading import LoadedModel
+from sdbatch.pipeline.modes import ModeError, check_model_supports, strength_steps
+from sdbatch.pipeline.schedulers import SCHEDULER_NAMES
+
+from .image_cells import CellImage, ImageCellError, depth_values, load_cell_image
+from .records import InputTrace
+
+log = logging.getLogger(__name__)
+
+# The image columns each mode reads; the others must be empty.
+MODE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "txt2img": (),
+    "img2img": ("init_image",),
+    "inpaint": ("init_image", "mask_image"),
+    "depth2img": ("init_image", "depth_map"),
+}
+OPTIONAL_COLUMNS = {"depth_map"}  # depth2img estimates the depth map when none is given
+
+
+class InputError(ValueError):
+    """One row's input that cannot run: which column, and why."""
+
+    def __init__(self, column: str, cause: str):
+        super().__init__(f"column {column}: {cause}")
+        self.column = column
+        self.cause = cause
+
+
+@dataclass(frozen=True)
+class ReadyRow:
+    """A row that can join a batch: its effective settings, its engine input, its input trace."""
+
+    row: GenerationRow
+    settings: BatchSettings
+    input: RowInput
+    trace: InputTrace
+
+
+@dataclass(frozen=True)
+class FailedRow:
+    """A row refused before batching, with an error naming the row, the column and the cause."""
+
+    row: GenerationRow
+    error: str
+    trace: InputTrace
+
+
+@dataclass(frozen=True)
+class RowImages:
+    """A row's decoded image cells (None where the cell is empty)."""
+
+    init: CellImage | None = None
+    mask: CellImage | None = None
+    depth: CellImage | None = None
+
+    def trace(self, resized: bool | None = None) -> InputTrace:
+        return InputTrace(
+            init_image_sha256=self.init.sha256 if self.init else None,
+            mask_image_sha256=self.mask.sha256 if self.mask else None,
+            depth_map_sha256=self.depth.sha256 if self.depth else None,
+            init_image_width=self.init.image.width if self.init else None,
+            init_image_height=self.init.image.height if self.init else None,
+            init_image_resized=resized if self.init else None,
+        )
+
+
+def batch_key(ready: ReadyRow) -> Hashable:
+    """Rows with equal keys can share a batch: same model and effective settings."""
+    return ready.row.model, ready.settings
+
+
+def describe(row: GenerationRow, exc: InputError) -> str:
+    return f"row {row.id!r} (manifest row {row.row_index}), {exc}"
+
+
+# -- checks that need no model ----------------------------------------------------------------
+def check_columns(row: GenerationRow) -> None:
+    if row.mode not in MODES:
+        raise InputError("mode", f"unknown mode {row.mode!r}; choose one of {', '.join(MODES)}")
+    used = MODE_COLUMNS[row.mode]
+    for column in IMAGE_COLUMNS:
+        given = getattr(row, column) is not None
+        if given and column not in used:
+            users = [m for m, cols in MODE_COLUMNS.items() if column in cols]
+            raise InputError(column, f"given, but mode {row.mode} does not use it (used by {', '.join(users)})")
+        if not given and column in used and column not in OPTIONAL_COLUMNS:
+            raise InputError(column, f"missing: mode {row.mode} needs it")
+    if row.steps < 1:
+        raise InputError("steps", f"{row.steps}: must be at least 1")
+    if row.scheduler is not None and row.scheduler not in SCHEDULER_NAMES:
+        raise InputError("scheduler", f"unknown scheduler {row.scheduler!r}; known: {', '.join(SCHEDULER_NAMES)}")
+    if row.mode in IMAGE_MODES:
+        if not 0.0 < row.strength <= 1.0:
+            raise InputError("strength", f"{row.strength}: must be in (0, 1]")
+        if strength_steps(row.steps, row.strength) < 1:
+            raise InputError("strength", f"{row.strength} with {row.steps} steps leaves no denoising step "
+                                         "(int(steps * strength) must be at least 1)")
+
+
+def read_images(row: GenerationRow) -> RowImages:
+    loaded: dict[str, CellImage | None] = {}
+    for column in IMAGE_COLUMNS:
+        cell = getattr(row, column)
+        try:
+            loaded[column] = None if cell is None else load_cell_image(cell)
+        except ImageCellError as exc:
+            raise InputError(column, str(exc)) from None
+    return RowImages(init=loaded["init_image"], mask=loaded["mask_image"], depth=loaded["depth_map"])
+
+
+# -- checks against the model -----------------------------------------------------------------
+def _check_side(column: str, value: int, model: LoadedModel) -> None:
+    f, smallest = model.vae_scale_factor, model.min_size
+    if value % f:
+        raise InputError(column, f"{value} is not a multiple of {f} (this model's VAE scale factor)")
+    if value < smallest:
+        raise InputError(column, f"{value} is below this model's minimum of {smallest} pixels")
+
+
+def effective_size(row: GenerationRow, init: Image.Image | None, model: LoadedModel) -> tuple[int, int]:
+    for column in ("width", "height"):
+        if getattr(row, column) is not None:
+            _check_side(column, getattr(row, column), model)
+    if init is None:
+        return row.width or model.default_size, row.height or model.default_size
+    f, smallest = model.vae_scale_factor, model.min_size
+    if init.width < smallest or init.height < smallest:
+        raise InputError("init_image", f"image too small: {init.width}x{init.height}, this model needs at "
+                                       f"least {smallest}x{smallest} pixels")
+    return row.width or init.width - init.width % f, row.height or init.height - init.height % f
+
+
+def depth_array(depth: CellImage) -> np.ndarray:
+    """The depth map scaled to [0, 1] in float32: 16-bit maps would overflow float16 (max 65504),
+    and the engine's min-max normalisation after (linear) interpolation is unchanged by it."""
+    values = depth_values(depth.image)
+    low, high = values.min(), values.max()
+    if high == low:
+        raise InputError("depth_map", "the depth map is constant: no depth for the model to follow")
+    return (values - low) / (high - low)
+
+
+def make_ready(row: GenerationRow, images: RowImages, model: LoadedModel) -> ReadyRow:
+    try:
+        check_model_supports(model, row.mode, has_depth_map=images.depth is not None)
+    except ModeError as exc:
+        raise InputError(exc.column, str(exc)) from None
+    init = images.init.image.convert("RGB") if images.init else None
+    mask = images.mask.image.convert("L") if images.mask else None
+    if init is not None and mask is not None and mask.size != init.size:
+        raise InputError("mask_image", f"mask is {mask.width}x{mask.height} but init_image is "
+                                       f"{init.width}x{init.height}; they must match")
+    width, height = effective_size(row, init, model)
+    resized = init is not None and init.size != (width, height)
+    if resized:
+        resizer = VaeImageProcessor(vae_scale_factor=model.vae_scale_factor)
+        init = resizer.resize(init, height, width)
+        mask = resizer.resize(mask, height, width) if mask is not None else None
+    strength = row.strength if row.mode in IMAGE_MODES else DEFAULT_STRENGTH
+    settings = BatchSettings(width, height, row.steps, row.scheduler, row.mode, strength)
+    depth = depth_array(images.depth) if images.depth else None
+    row_input = RowInput(row.prompt, row.seed, row.guidance_scale, row.negative_prompt,
+                         init_image=init, mask_image=mask, depth_map=depth)
+    return ReadyRow(row, settings, row_input, images.trace(resized))
+
+
+# -- the whole step ---------------------------------------------------------------------------
+def prepare_row(row: GenerationRow, model_for: Callable[[str], LoadedModel]) -> ReadyRow | FailedRow:
+    images = RowImages()
+    try:
+        check_columns(row)
+        images = read_images(row)
+        try:
+            model = model_for(row.model)
+        except Exception as exc:  # noqa: BLE001 - a model that cannot load fails its rows, not the job
+            raise InputError("model", f"cannot load the model: {exc}") from None
+        return make_ready(row, images, model)
+    except InputError as exc:
+        error = describe(row, exc)
+        log.warning("%s", error)
+        return FailedRow(row, error, images.trace())
+
+
+def prepare_rows(rows: list[GenerationRow], model_for: Callable[[str], LoadedModel]) -> list[ReadyRow | FailedRow]:
+    """Prepare every row; a model that fails to load is tried once per call, not once per row."""
+    failed: dict[str, Exception] = {}
+
+    def cached(name: str) -> LoadedModel:
+        if name in failed:
+            raise failed[name]
+        try:
+            return model_for(name)
+        except Exception as exc:  # noqa: BLE001
+            failed[name] = exc
+            raise
+
+    return [prepare_row(row, cached) for row in rows]

@@ -1,0 +1,43 @@
+"""What a batch is made of: the settings its rows share and what each row brings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+MODES = ("txt2img", "img2img", "inpaint", "depth2img")
+IMAGE_MODES = ("img2img", "inpaint", "depth2img")
+DEFAULT_STRENGTH = 0.8
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """What every row of one batch shares. ``strength`` is ignored by txt2img."""
+
+    width: int
+    height: int
+    steps: int
+    scheduler: str | None = None
+    mode: str = "txt2img"
+    strength: float = DEFAULT_STRENGTH
+
+
+@dataclass(frozen=True, eq=False)  # holds images and arrays: compared by identity
+class RowInput:
+    """What may vary from row to row inside a batch.
+
+    Images come decoded and already at the batch's size (the engine never reads files): an RGB
+    ``init_image`` for img2img, inpaint and depth2img; an ``L`` ``mask_image`` for inpaint (white
+    repaints, black keeps); for depth2img an optional ``depth_map`` (H, W) of any size, larger values
+    nearer, which the model's depth estimator makes when it is None.
+    """
+
+    prompt: str
+    seed: int
+    guidance_scale: float = 7.5
+    negative_prompt: str = ""
+    init_image: Image.Image | None = None
+    mask_image: Image.Image | None = None
+    depth_map: np.ndarray | None = None
