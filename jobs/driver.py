@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from sdbatch.manifests.reader import load_rows
 from sdbatch.pipeline.loading import model_fingerprint
+from sdbatch.pipeline.tiny import resolve_builtin_model
 
 from .executor import ExecutorConfig, ShardTask
 from .job import (PLAN_PATH, SUMMARY_PATH, JobPlan, OutputOptions, clear_outputs, committed_shards,
@@ -58,8 +59,16 @@ class Summary:
                 f"in {self.wall_seconds:.1f}s, {self.images_per_second:.2f} img/s")
 
 
+def _resolve_builtin_models(rows):
+    """Per-row ``model`` cells may name the built-in tiny models too (``tiny``, ``tiny:inpaint``)."""
+    resolved = {m: resolve_builtin_model(m) for m in {r.model for r in rows}}
+    if all(k == v for k, v in resolved.items()):
+        return rows
+    return [replace(r, model=resolved[r.model]) for r in rows]
+
+
 def _prepare_plan(request: RunRequest, storage: Storage):
-    rows = load_rows(request.manifest, default_model=request.model)
+    rows = _resolve_builtin_models(load_rows(request.manifest, default_model=request.model))
     models = sorted({r.model for r in rows})
     options = OutputOptions(model=request.model, dtype=request.worker.dtype or "auto",
                             shard_size=request.shard_size)

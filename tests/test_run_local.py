@@ -86,3 +86,13 @@ def test_default_model_is_the_builtin_tiny_one(tmp_path):
     assert result.exit_code == 0, result.output
     (row,) = read_metadata(tmp_path / "out")
     assert row["status"] == "ok" and "tiny-base" in row["model"]
+
+
+def test_builtin_model_names_work_in_the_model_column(tiny_base, tmp_path):
+    manifest = write_manifest(tmp_path / "m.parquet", {"prompt": ["a", "b"], "steps": [2, 2],
+                                                       "model": ["tiny", None]})
+    result = run_cli("run", str(manifest), "--model", tiny_base, "--out", str(tmp_path / "out"),
+                     "--device", "cpu", "--executor", "local")
+    assert result.exit_code == 0, result.output
+    models = sorted(r["model"] for r in read_metadata(tmp_path / "out"))
+    assert models[0] != models[1] and any("tiny-base-seed0" in m for m in models)
