@@ -9,6 +9,8 @@ import time
 
 import click
 
+from .manifest_commands import sweep, validate
+
 EXIT_OK, EXIT_ROWS_FAILED, EXIT_REFUSED = 0, 1, 2
 
 
@@ -19,6 +21,10 @@ def main(verbose: int) -> None:
     level = max(logging.WARNING - 10 * verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _quiet_libraries(verbose)
+
+
+main.add_command(validate)
+main.add_command(sweep)
 
 
 def _quiet_libraries(verbose: int) -> None:
@@ -59,7 +65,7 @@ def tiny_model(folder: str, variant: str, seed: int) -> None:
 @click.option("--shard-size", type=click.IntRange(min=1), default=1000, show_default=True)
 def run(manifest, model, out, device, dtype, batch_size, shard_size) -> None:
     """Generate one image (or one error row) for every row of MANIFEST."""
-    from sdbatch.manifests.reader import ManifestError, load_rows
+    from sdbatch.manifests.reader import ManifestError, load_manifest
     from sdbatch.pipeline.tiny import resolve_builtin_model
 
     from .job import PLAN_PATH, SUMMARY_PATH, JobOptions, committed_shards, make_plan
@@ -70,10 +76,13 @@ def run(manifest, model, out, device, dtype, batch_size, shard_size) -> None:
     started = time.perf_counter()
     model = resolve_builtin_model(model)
     try:
-        rows = load_rows(manifest, default_model=model)
+        loaded = load_manifest(manifest, default_model=model)
     except ManifestError as exc:
         click.echo(f"error: manifest refused: {exc}", err=True)
         sys.exit(EXIT_REFUSED)
+    rows = loaded.rows
+    if loaded.report.duplicate_rows:
+        click.echo(f"exact duplicate rows: {loaded.report.duplicate_rows:,} (each distinct row generated once)")
     storage = open_storage(out)
     plan = make_plan(rows, JobOptions(manifest=manifest, model=model, shard_size=shard_size))
     storage.write_bytes(PLAN_PATH, plan.to_json().encode())
