@@ -10,7 +10,10 @@ import time
 
 import click
 
+from .manifest_commands import sweep, validate
+
 EXIT_OK, EXIT_ROWS_FAILED, EXIT_REFUSED = 0, 1, 2
+MODEL_COMMANDS = {"run", "tiny-model"}  # the commands that import diffusers and load models
 
 
 @click.group()
@@ -19,10 +22,15 @@ def main(verbose: int) -> None:
     """sdbatch: generate Stable Diffusion images in bulk from Parquet manifests."""
     level = max(logging.WARNING - 10 * verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if verbose < 2:
+    ctx = click.get_current_context()
+    if verbose < 2 and ctx.invoked_subcommand in MODEL_COMMANDS:
         from sdbatch.pipeline.loading import quiet_libraries
 
         quiet_libraries()
+
+
+main.add_command(validate)
+main.add_command(sweep)
 
 
 @main.command("tiny-model")
@@ -66,7 +74,6 @@ def run(manifest, model, out, executor, address, actors, gpus_per_actor, device,
     """
     from sdbatch.manifests.reader import ManifestError
     from sdbatch.pipeline.loading import ModelLoadError
-    from sdbatch.pipeline.tiny import resolve_builtin_model
 
     from .driver import JobRefused, RunRequest, run_job
     from .executor import ExecutorConfig
@@ -75,7 +82,7 @@ def run(manifest, model, out, executor, address, actors, gpus_per_actor, device,
     request = RunRequest(
         manifest=manifest,
         out=out,
-        model=resolve_builtin_model(model),
+        model=model,
         worker=WorkerConfig(device=device, dtype=None if dtype == "auto" else dtype, batch_size=batch_size),
         executor=ExecutorConfig(kind=executor, address=address, actors=actors, gpus_per_actor=gpus_per_actor,
                                 shard_retries=shard_retries, shared_fs=shared_fs),
@@ -91,6 +98,8 @@ def run(manifest, model, out, executor, address, actors, gpus_per_actor, device,
     except (JobRefused, ModelLoadError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_REFUSED)
+    if summary.duplicate_rows:
+        click.echo(f"exact duplicate rows: {summary.duplicate_rows:,} (each distinct row generated once)")
     click.echo(f"{summary.line()} -> {out}")
     if summary.interrupted:
         click.echo("interrupted: committed shards are kept; run the same command again to resume", err=True)

@@ -10,7 +10,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
 
-from sdbatch.manifests.reader import load_rows
+from sdbatch.manifests.reader import load_manifest
 from sdbatch.pipeline.loading import model_fingerprint
 from sdbatch.pipeline.tiny import resolve_builtin_model
 
@@ -32,7 +32,7 @@ class JobRefused(RuntimeError):
 class RunRequest:
     manifest: str
     out: str
-    model: str
+    model: str  # as given: a hub id, a folder, or a built-in name such as "tiny"
     worker: WorkerConfig
     executor: ExecutorConfig
     shard_size: int = 1000
@@ -51,6 +51,7 @@ class Summary:
     generation_seconds: float  # from workers ready (models loaded) to the last shard committed
     generation_images_per_second: float
     executor: str
+    duplicate_rows: int = 0  # manifest rows equal to an earlier row, generated once with it
     per_actor: dict[str, dict] = field(default_factory=dict)
     interrupted: bool = False
 
@@ -68,7 +69,8 @@ def _resolve_builtin_models(rows):
 
 
 def _prepare_plan(request: RunRequest, storage: Storage):
-    rows = _resolve_builtin_models(load_rows(request.manifest, default_model=request.model))
+    loaded = load_manifest(request.manifest, default_model=request.model)
+    rows = _resolve_builtin_models(loaded.rows)
     models = sorted({r.model for r in rows})
     options = OutputOptions(model=request.model, dtype=request.worker.dtype or "auto",
                             shard_size=request.shard_size)
@@ -87,7 +89,7 @@ def _prepare_plan(request: RunRequest, storage: Storage):
     for leftover in storage.list(LocalStorage.TMP):  # partial writes of a killed run
         storage.delete(leftover)
     storage.write_bytes(PLAN_PATH, plan.to_json().encode())
-    return rows, plan
+    return rows, plan, loaded.report.duplicate_rows
 
 
 def _executor(request: RunRequest, storage: Storage, plan: JobPlan):
@@ -111,7 +113,7 @@ def _executor(request: RunRequest, storage: Storage, plan: JobPlan):
 def run_job(request: RunRequest) -> Summary:
     started = time.perf_counter()
     storage = open_storage(request.out)
-    rows, plan = _prepare_plan(request, storage)
+    rows, plan, duplicate_rows = _prepare_plan(request, storage)
     done = committed_shards(storage)
     by_index = {r.row_index: r for r in rows}
     tasks = [ShardTask(s.name, tuple(by_index[i] for i in s.row_indices))
@@ -138,6 +140,7 @@ def run_job(request: RunRequest) -> Summary:
     ready_at = getattr(executor, "ready_at", None)
     generation = ended - ready_at if ready_at else 0.0
     summary = _summarise(plan, storage, new, skipped, ended - started, generation, request, interrupted)
+    summary.duplicate_rows = duplicate_rows
     storage.write_bytes(SUMMARY_PATH, json.dumps(asdict(summary), indent=1).encode())
     return summary
 

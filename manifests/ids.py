@@ -1,13 +1,25 @@
-"""Row ids and seeds: stable, path-safe and derived deterministically when not given."""
+"""Row ids and seeds: stable, path-safe and derived deterministically when not given.
+
+A derived id is a hash of a canonical encoding of the row's generation parameters (after
+defaults) and its model, so the same row always maps to the same output, wherever the manifest
+lives and however it is split into files. The encoding is built with Arrow compute kernels over a
+whole record batch; only the final SHA-256 runs per row.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .schema import COLUMNS_BY_NAME, FLOAT, GENERATION_COLUMNS, IMAGE, INT, SEED
 
 MAX_KEY_LENGTH = 120
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_ID_VERSION = b"sdbatch-id-v1"
+_NULL = "~"
 
 
 def safe_key(row_id: str) -> str:
@@ -23,12 +35,58 @@ def safe_key(row_id: str) -> str:
     return f"{cleaned[: MAX_KEY_LENGTH - 13]}-{digest}"
 
 
-def derive_id(params: dict) -> str:
-    """An id from a row's generation parameters and model: same row, same id."""
-    blob = json.dumps(params, sort_keys=True, default=str, separators=(",", ":"))
-    return "r" + hashlib.sha256(blob.encode()).hexdigest()[:24]
-
-
 def derive_seed(row_id: str) -> int:
     """A seed in 0..2**64-1 from the row id."""
     return int.from_bytes(hashlib.sha256(b"sdbatch-seed:" + row_id.encode()).digest()[:8], "big")
+
+
+def _length_prefixed(values: pa.Array) -> pa.Array:
+    """``<byte length>:<value>``: unambiguous whatever the value contains."""
+    length = pc.cast(pc.binary_length(values), pa.string())
+    return pc.binary_join_element_wise(length, values, ":")
+
+
+def _encode_float(values: pa.Array) -> pa.Array:
+    """The exact IEEE-754 bits, as decimal text: no formatting that could change between versions."""
+    values = pc.add(pc.cast(values, pa.float64()), 0.0)  # -0.0 + 0.0 is 0.0
+    return pc.cast(values.view(pa.int64()), pa.string())
+
+
+def _encode_image(values: pa.Array) -> pa.Array:
+    """Paths/URIs as written (``s``), encoded bytes by their SHA-256 (``b``)."""
+    if pa.types.is_binary(values.type) or pa.types.is_large_binary(values.type):
+        digests = [None if v is None else hashlib.sha256(v).hexdigest() for v in values.to_pylist()]
+        return pc.binary_join_element_wise("b", pa.array(digests, pa.string()), "")
+    return pc.binary_join_element_wise("s", _length_prefixed(pc.cast(values, pa.string())), "")
+
+
+def _encode_column(name: str, values: pa.Array) -> pa.Array:
+    kind = COLUMNS_BY_NAME[name].kind
+    if kind == FLOAT:
+        return _encode_float(values)
+    if kind in (INT, SEED):
+        return pc.cast(values, pa.string())
+    if kind == IMAGE:
+        return _encode_image(values)
+    return _length_prefixed(pc.cast(values, pa.string()))
+
+
+def canonical_params(table: pa.Table | pa.RecordBatch) -> pa.Array:
+    """One unambiguous string per row from its normalised generation columns (see ``normalise``)."""
+    parts = [_encode_column(name, _as_array(table.column(name))) for name in GENERATION_COLUMNS]
+    return pc.binary_join_element_wise(*parts, "|", null_handling="replace", null_replacement=_NULL)
+
+
+def derive_ids(table: pa.Table | pa.RecordBatch) -> pa.Array:
+    """Derived ids for every row: ``r`` + 24 hex digits of SHA-256 of the canonical parameters."""
+    encoded = canonical_params(table).to_pylist()
+    return pa.array(
+        ["r" + hashlib.sha256(_ID_VERSION + b"|" + row.encode()).hexdigest()[:24] for row in encoded],
+        pa.string(),
+    )
+
+
+def _as_array(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    if isinstance(column, pa.ChunkedArray):
+        return column.combine_chunks()
+    return column

@@ -1,25 +1,36 @@
-"""Reading manifests into normalised rows."""
+"""Reading manifests into normalised rows, after the whole manifest has passed validation.
+
+``load_manifest`` / ``load_rows`` give every distinct row as a ``GenerationRow`` (what ``sdbatch
+run`` plans from). ``iter_row_batches`` gives the same rows a record batch at a time, for callers
+that must not hold millions of rows as Python objects.
+"""
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as ds
 
-from .ids import derive_id, derive_seed, safe_key
-from .schema import COLUMNS, COLUMN_NAMES, IMAGE_COLUMNS, GenerationRow
+from .ids import derive_seed, safe_key
+from .normalise import extra_columns, normalise_batch
+from .problems import ManifestError
+from .schema import COLUMN_NAMES, IMAGE_COLUMNS, GenerationRow
+from .source import BATCH_ROWS, ManifestSource, open_manifest
+from .validate import ManifestReport, validate_source
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ManifestError", "LoadedManifest", "load_manifest", "load_rows", "iter_row_batches"]
 
 
-class ManifestError(ValueError):
-    """A manifest that cannot run; the message names the column, row(s) and reason."""
-
-
-def read_table(path: str | Path) -> pa.Table:
-    try:
-        return ds.dataset(str(path), format="parquet").to_table()
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise ManifestError(f"{path}: cannot read as Parquet: {exc}") from exc
+@dataclass(frozen=True)
+class LoadedManifest:
+    rows: list[GenerationRow]  # one per distinct row, in manifest order
+    report: ManifestReport
 
 
 def _resolve_image_cell(value, base: Path | None):
@@ -32,40 +43,60 @@ def _resolve_image_cell(value, base: Path | None):
     return str(base / value)
 
 
-def normalise_rows(table: pa.Table, default_model: str, base: Path | None = None) -> list[GenerationRow]:
-    if "prompt" not in table.column_names:
-        raise ManifestError("column 'prompt': missing (required)")
-    defaults = {c.name: c.default for c in COLUMNS}
-    extras_names = [n for n in table.column_names if n not in COLUMN_NAMES]
+def _rows_of(table: pa.Table, row_numbers: np.ndarray, extras: pa.Table, base: Path) -> list[GenerationRow]:
     rows = []
-    for index, record in enumerate(table.to_pylist()):
-        values = {name: record.get(name) for name in COLUMN_NAMES}
-        for name, default in defaults.items():
-            if values[name] is None:
-                values[name] = default
-        values["model"] = values["model"] or default_model
+    extra_names = extras.column_names
+    extra_values = extras.to_pylist()
+    for index, values, extra in zip(row_numbers.tolist(), table.to_pylist(), extra_values):
+        row_id = values.pop("id")
+        seed = values.pop("seed")
         for name in IMAGE_COLUMNS:
             values[name] = _resolve_image_cell(values[name], base)
-        given_id = values.pop("id")
-        if given_id is None:
-            params = {k: v for k, v in values.items() if k != "seed" or v is not None}
-            given_id = derive_id(params)
-        seed = values.pop("seed")
-        seed = derive_seed(given_id) if seed is None else int(seed)
-        rows.append(
-            GenerationRow(
-                row_index=index,
-                key=safe_key(str(given_id)),
-                id=str(given_id),
-                seed=seed,
-                extras=tuple((n, record[n]) for n in extras_names),
-                **values,
-            )
-        )
+        rows.append(GenerationRow(
+            row_index=index, key=safe_key(row_id), id=row_id,
+            seed=derive_seed(row_id) if seed is None else seed,
+            extras=tuple((n, extra[n]) for n in extra_names), **values,
+        ))
     return rows
 
 
+def iter_row_batches(source: ManifestSource, default_model: str, skip_rows: np.ndarray | None = None,
+                     batch_rows: int = BATCH_ROWS) -> Iterator[list[GenerationRow]]:
+    """The rows of an already validated ``source``, a batch at a time, without ``skip_rows``
+    (the exact duplicates ``validate_source`` found)."""
+    skip = np.sort(np.asarray(skip_rows if skip_rows is not None else [], np.int64))
+    extras_names = extra_columns(source.column_names)
+    for offset, batch in source.batches(batch_rows=batch_rows):
+        numbers = np.arange(offset, offset + batch.num_rows, dtype=np.int64)
+        skipped = skip[np.searchsorted(skip, offset):np.searchsorted(skip, offset + batch.num_rows)]
+        if len(skipped):
+            keep = np.ones(batch.num_rows, bool)
+            keep[skipped - offset] = False
+            batch = batch.filter(pa.array(keep))
+            numbers = numbers[keep]
+        if not batch.num_rows:
+            continue
+        known = pa.RecordBatch.from_arrays(
+            [batch.column(n) for n in batch.schema.names if n in COLUMN_NAMES],
+            names=[n for n in batch.schema.names if n in COLUMN_NAMES],
+        )
+        table = normalise_batch(known, default_model)
+        extras = pa.Table.from_batches([batch]).select(extras_names)
+        yield _rows_of(table, numbers, extras, source.base)
+
+
+def load_manifest(path: str | Path, default_model: str) -> LoadedManifest:
+    """Validate the whole manifest (raising ``ManifestError`` naming column, rows and reason), then
+    read its distinct rows."""
+    source = open_manifest(path)
+    report = validate_source(source, default_model)
+    report.raise_if_refused()
+    for note in report.notes:
+        log.warning("%s: %s", path, note)
+    rows = [row for batch in iter_row_batches(source, default_model, report.duplicate_row_numbers)
+            for row in batch]
+    return LoadedManifest(rows=rows, report=report)
+
+
 def load_rows(path: str | Path, default_model: str) -> list[GenerationRow]:
-    path = Path(path)
-    base = (path if path.is_dir() else path.parent).absolute()
-    return normalise_rows(read_table(path), default_model, base)
+    return load_manifest(path, default_model).rows

@@ -1,7 +1,10 @@
-"""The manifest schema: every column sdbatch reads, with its type and default, and the typed row.
+"""The manifest schema: every column sdbatch reads, with its kind, default and allowed range, and
+the typed row.
 
-A manifest row becomes a ``GenerationRow`` only after normalisation (defaults filled, id and seed
-derived), so everything downstream of ``manifests`` sees complete, typed rows.
+One definition serves validation (types, ranges, refusals), normalisation (defaults), the README
+table and ``sdbatch validate``. A manifest row becomes a ``GenerationRow`` only after
+normalisation (defaults filled, id and seed derived), so everything downstream of ``manifests``
+sees complete, typed rows.
 """
 
 from __future__ import annotations
@@ -14,33 +17,78 @@ import pyarrow as pa
 MODES = ("txt2img", "img2img", "inpaint", "depth2img")
 IMAGE_COLUMNS = ("init_image", "mask_image", "depth_map")
 
+# Modes that may run with an empty prompt (diffusers accepts "" for image-conditioned pipelines).
+MODES_WITHOUT_PROMPT = ("img2img", "inpaint", "depth2img")
+# The image columns each mode needs a value in (depth2img estimates its depth map when absent).
+MODE_IMAGES: dict[str, tuple[str, ...]] = {
+    "txt2img": (),
+    "img2img": ("init_image",),
+    "inpaint": ("init_image", "mask_image"),
+    "depth2img": ("init_image",),
+}
+
+SEED_MAX = 2**64 - 1
+STEPS_RANGE = (1, 1000)
+GUIDANCE_RANGE = (0.0, 100.0)
+SIZE_RANGE = (8, 8192)
+SIZE_MULTIPLE = 8  # the VAE factor of SD models: latents are width/8 x height/8
+
+
+# Column kinds: which Arrow types a manifest may use for the column, and what they normalise to.
+STRING, ID, INT, SEED, FLOAT, IMAGE = "string", "id", "int", "seed", "float", "image"
+KIND_DESCRIPTIONS = {
+    STRING: "a string",
+    ID: "a string or an integer",
+    INT: "an integer",
+    SEED: "an unsigned integer",
+    FLOAT: "a number",
+    IMAGE: "a string (path/URI) or binary (encoded image bytes)",
+}
+
 
 @dataclass(frozen=True)
 class Column:
     name: str
-    type: pa.DataType
+    kind: str
     default: Any
     doc: str
+    required: bool = False
+    type: pa.DataType | None = None  # the Arrow type after normalisation; None: kept as given
 
 
 COLUMNS: tuple[Column, ...] = (
-    Column("id", pa.string(), None, "unique row id; names the outputs (derived when absent)"),
-    Column("prompt", pa.string(), None, "text prompt (required)"),
-    Column("negative_prompt", pa.string(), "", "negative prompt"),
-    Column("seed", pa.uint64(), None, "noise seed, 0..2**64-1 (derived from the id when absent)"),
-    Column("mode", pa.string(), "txt2img", "txt2img | img2img | inpaint | depth2img"),
-    Column("guidance_scale", pa.float64(), 7.5, "classifier-free guidance scale; <= 1 turns guidance off"),
-    Column("steps", pa.int64(), 50, "denoising steps"),
-    Column("width", pa.int64(), None, "image width (model default when absent)"),
-    Column("height", pa.int64(), None, "image height (model default when absent)"),
-    Column("scheduler", pa.string(), None, "scheduler name (model's own when absent)"),
-    Column("strength", pa.float64(), 0.8, "img2img / inpaint / depth2img strength in (0, 1]"),
-    Column("init_image", pa.string(), None, "input image: path/URI or encoded bytes"),
-    Column("mask_image", pa.string(), None, "inpainting mask (white repaints): path/URI or bytes"),
-    Column("depth_map", pa.string(), None, "depth map for depth2img: path/URI or bytes"),
-    Column("model", pa.string(), None, "per-row model (hub id or diffusers folder); --model when absent"),
+    Column("id", ID, None, "unique row id; names the outputs (derived from the row when absent or null)",
+           type=pa.string()),
+    Column("prompt", STRING, None,
+           "text prompt; may be empty only in img2img, inpaint and depth2img rows", required=True,
+           type=pa.string()),
+    Column("negative_prompt", STRING, "", "negative prompt (used by rows with guidance > 1)",
+           type=pa.string()),
+    Column("seed", SEED, None, "noise seed, 0 to 2**64-1 (derived from the id when absent)",
+           type=pa.uint64()),
+    Column("mode", STRING, "txt2img", " | ".join(MODES), type=pa.string()),
+    Column("guidance_scale", FLOAT, 7.5,
+           f"classifier-free guidance, {GUIDANCE_RANGE[0]:g} to {GUIDANCE_RANGE[1]:g}; <= 1 turns it off",
+           type=pa.float64()),
+    Column("steps", INT, 50, f"denoising steps, {STEPS_RANGE[0]} to {STEPS_RANGE[1]}", type=pa.int64()),
+    Column("width", INT, None,
+           f"image width, a multiple of {SIZE_MULTIPLE} from {SIZE_RANGE[0]} to {SIZE_RANGE[1]} "
+           "(model default when absent)", type=pa.int64()),
+    Column("height", INT, None,
+           f"image height, a multiple of {SIZE_MULTIPLE} from {SIZE_RANGE[0]} to {SIZE_RANGE[1]} "
+           "(model default when absent)", type=pa.int64()),
+    Column("scheduler", STRING, None, "scheduler name (the model's own when absent)", type=pa.string()),
+    Column("strength", FLOAT, 0.8, "img2img / inpaint / depth2img strength, in (0, 1]", type=pa.float64()),
+    Column("init_image", IMAGE, None, "input image (img2img, inpaint, depth2img): path/URI or bytes"),
+    Column("mask_image", IMAGE, None, "inpainting mask, white repaints (inpaint): path/URI or bytes"),
+    Column("depth_map", IMAGE, None, "depth map (depth2img; estimated when absent): path/URI or bytes"),
+    Column("model", STRING, None, "per-row model (hub id or diffusers folder); --model when absent",
+           type=pa.string()),
 )
 COLUMN_NAMES = tuple(c.name for c in COLUMNS)
+COLUMNS_BY_NAME = {c.name: c for c in COLUMNS}
+# The columns that make a row's output: its derived id is a hash of these (after defaults).
+GENERATION_COLUMNS = tuple(n for n in COLUMN_NAMES if n != "id")
 
 ImageCell = str | bytes | None
 

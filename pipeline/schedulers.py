@@ -10,8 +10,6 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
-import diffusers
-
 
 @dataclass(frozen=True)
 class SchedulerChoice:
@@ -50,6 +48,8 @@ def make_scheduler(name: str | None, model_scheduler):
         raise UnknownSchedulerError(
             f"unknown scheduler {name!r}; known: {', '.join(SCHEDULER_NAMES)}"
         ) from None
+    import diffusers  # here, not at import: the names above are read by `validate`, which loads no model
+
     cls = getattr(diffusers, choice.class_name)
     return cls.from_config(model_scheduler.config, **choice.overrides)
 

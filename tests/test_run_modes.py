@@ -98,7 +98,7 @@ def mixed_run(tiny_models, tmp_path_factory):
     for batch in ("16", "1"):
         out = folder / f"out-{batch}"
         result = run_cli("run", str(manifest), "--model", tiny_models["base"], "--out", str(out),
-                         "--device", "cpu", "--batch-size", batch)
+                         "--device", "cpu", "--batch-size", batch, "--executor", "local")
         runs[batch] = (result, out, {r["id"]: r for r in read_metadata(out)})
     return runs
 

@@ -1,0 +1,171 @@
+"""``sdbatch validate`` and ``sdbatch sweep``: manifest commands that touch no GPU."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import click
+import pyarrow as pa
+
+from sdbatch.manifests.problems import ManifestError
+from sdbatch.manifests.schema import SEED_MAX, STEPS_RANGE
+from sdbatch.manifests.source import open_manifest
+from sdbatch.manifests.sweep import (
+    Axis,
+    SweepError,
+    parse_float_list,
+    parse_int_list,
+    parse_sizes,
+    plan_sweep,
+    read_prompts_file,
+    write_sweep,
+)
+from sdbatch.manifests.validate import ManifestReport, known_schedulers, validate_source
+
+EXIT_OK, EXIT_REFUSED = 0, 2
+DEFAULT_MAX_ROWS = 100_000
+
+
+def count_batches(group_sizes: dict[tuple, int], shard_size: int, batch_size: int) -> int:
+    """Batches ``sdbatch run`` makes: each group is cut into shards, each shard into batches."""
+    total = 0
+    for rows in group_sizes.values():
+        full, rest = divmod(rows, shard_size)
+        total += full * math.ceil(shard_size / batch_size) + math.ceil(rest / batch_size)
+    return total
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+def format_report(report: ManifestReport, batch_size: int, shard_size: int) -> list[str]:
+    lines = [f"manifest: {report.path} ({_count(report.files, 'file')})"]
+    rows = f"rows: {report.rows:,}"
+    if report.duplicate_rows:
+        n = report.duplicate_rows
+        rows += (f" ({report.distinct_rows:,} distinct; {n:,} exact duplicate row{'s' if n != 1 else ''}"
+                 f" {'are' if n != 1 else 'is'} generated once)")
+    lines.append(rows)
+    if not report.problems:
+        modes = ", ".join(f"{mode} {n:,}" for mode, n in sorted(report.modes.items()))
+        batches = count_batches(report.group_sizes, shard_size, batch_size)
+        lines += [
+            f"modes: {modes}",
+            f"distinct prompts: {report.distinct_prompts:,}",
+            f"planned batches: {batches:,} (batch size {batch_size}, shard size {shard_size}, "
+            f"{_count(len(report.group_sizes), 'batching group')})",
+        ]
+    if report.extra_columns:
+        lines.append(f"extra columns (carried through): {', '.join(report.extra_columns)}")
+    lines += [f"note: {note}" for note in report.notes]
+    if report.problems:
+        lines.append(f"problems ({len(report.problems)}):")
+        lines += [f"  {p.message()}" for p in report.problems]
+    else:
+        lines.append("problems: none")
+    return lines
+
+
+@click.command()
+@click.argument("manifest")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="As for run: used to count planned batches.")
+@click.option("--shard-size", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="As for run: used to count planned batches.")
+def validate(manifest: str, batch_size: int, shard_size: int) -> None:
+    """Check every row of MANIFEST (file, folder or glob) and print a short report.
+
+    Exits 0 when the manifest can run, 2 when run would refuse it.
+    """
+    try:
+        report = validate_source(open_manifest(manifest))
+    except ManifestError as exc:
+        click.echo(f"error: manifest refused: {exc}", err=True)
+        sys.exit(EXIT_REFUSED)
+    for line in format_report(report, batch_size, shard_size):
+        click.echo(line)
+    sys.exit(EXIT_REFUSED if report.problems else EXIT_OK)
+
+
+_AXIS_ALIASES = {"prompts": "prompt", "seed": "seeds", "negative_prompt": "negative-prompt",
+                 "guidance_scale": "guidance", "sizes": "size", "schedulers": "scheduler"}
+
+
+def _axis_name(name: str) -> str:
+    """Axis names as options spell them (``seeds``), also accepting column spellings (``seed``)."""
+    name = name.strip()
+    return _AXIS_ALIASES.get(name, name)
+
+
+def _axes(prompt, prompts_file, negative_prompt, seeds, guidance, steps, scheduler, size, strength) -> list[Axis]:
+    axes = []
+    if prompt or prompts_file:
+        parts = [pa.table({"prompt": pa.array(list(prompt), pa.string())})] if prompt else []
+        if prompts_file:
+            parts.append(read_prompts_file(prompts_file))
+        table = pa.concat_tables(parts, promote_options="permissive")
+        axes.append(Axis("prompt", {n: table.column(n).combine_chunks() for n in table.column_names}))
+    if negative_prompt:
+        axes.append(Axis("negative-prompt", {"negative_prompt": pa.array(list(negative_prompt), pa.string())}))
+    if seeds:
+        axes.append(Axis("seeds", {"seed": pa.array(parse_int_list("--seeds", seeds, 0, SEED_MAX), pa.uint64())}))
+    if guidance:
+        axes.append(Axis("guidance", {"guidance_scale": pa.array(parse_float_list("--guidance", guidance), pa.float64())}))
+    if steps:
+        values = parse_int_list("--steps", steps, 0, 10 * STEPS_RANGE[1])
+        axes.append(Axis("steps", {"steps": pa.array(values, pa.int64())}))
+    if scheduler:
+        names = [s.strip() for value in scheduler for s in value.split(",") if s.strip()]
+        axes.append(Axis("scheduler", {"scheduler": pa.array(names, pa.string())}))
+    if size:
+        widths, heights = parse_sizes("--size", size)
+        axes.append(Axis("size", {"width": pa.array(widths, pa.int64()), "height": pa.array(heights, pa.int64())}))
+    if strength:
+        axes.append(Axis("strength", {"strength": pa.array(parse_float_list("--strength", strength), pa.float64())}))
+    return axes
+
+
+@click.command()
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Manifest to write (.parquet).")
+@click.option("--prompt", multiple=True, help="A prompt (repeatable).")
+@click.option("--prompts", "prompts_file", type=click.Path(exists=True, dir_okay=False),
+              help="Prompts file: text (one a line), CSV or JSONL with a 'prompt' column; other columns "
+                   "travel with each prompt.")
+@click.option("--negative-prompt", multiple=True, help="A negative prompt (repeatable).")
+@click.option("--seeds", multiple=True, help="Seeds: lists and ranges, e.g. 0-99,1000.")
+@click.option("--guidance", multiple=True, help="Guidance scales, e.g. 3,5.5,7.5.")
+@click.option("--steps", multiple=True, help="Step counts: lists and ranges, e.g. 20,30,50.")
+@click.option("--scheduler", multiple=True, help="Scheduler names, e.g. ddim,euler_a.")
+@click.option("--size", multiple=True, help="Sizes WIDTHxHEIGHT, e.g. 512x512,768x512.")
+@click.option("--strength", multiple=True, help="Strengths in (0, 1], e.g. 0.5,0.8.")
+@click.option("--zip", "zips", multiple=True,
+              help="Axes paired element by element instead of crossed, e.g. --zip seeds,guidance "
+                   "(repeatable; one group per option).")
+@click.option("--max-rows", type=click.IntRange(min=1), default=DEFAULT_MAX_ROWS, show_default=True,
+              help="Refuse a sweep with more rows than this (raise it to write a bigger one).")
+def sweep(out, prompt, prompts_file, negative_prompt, seeds, guidance, steps, scheduler, size, strength,
+          zips, max_rows) -> None:
+    """Write a manifest whose rows are the cartesian product of the given axes.
+
+    Exits 0 when written, 2 when refused (bad options, or more rows than --max-rows).
+    """
+    try:
+        axes = _axes(prompt, prompts_file, negative_prompt, seeds, guidance, steps, scheduler, size, strength)
+        groups = [[_axis_name(n) for n in z.split(",") if n.strip()] for z in zips]
+        plan = plan_sweep(axes, groups, known_schedulers())
+    except SweepError as exc:
+        click.echo(f"error: sweep refused: {exc}", err=True)
+        sys.exit(EXIT_REFUSED)
+    click.echo(f"sweep: {plan.describe()} = {plan.rows:,} rows")
+    if plan.rows > max_rows:
+        click.echo(f"error: sweep refused: {plan.rows:,} rows is more than --max-rows {max_rows:,}; "
+                   "raise --max-rows to write it", err=True)
+        sys.exit(EXIT_REFUSED)
+    try:
+        write_sweep(plan, out)
+    except OSError as exc:
+        click.echo(f"error: sweep refused: cannot write {out}: {exc}", err=True)
+        sys.exit(EXIT_REFUSED)
+    click.echo(f"wrote {plan.rows:,} rows to {out}")

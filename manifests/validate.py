@@ -1,0 +1,214 @@
+"""Whole-manifest validation in bounded memory: record batches streamed through the checks, with
+only compact per-row state kept (one 64-bit hash of each row's id, 8 bytes a row).
+
+Ids must be unique. A repeated hash is only a candidate: a second pass reads the candidate rows'
+ids exactly. Repeats of a given id are refused; repeats of a derived id are exact duplicate rows
+(same generation parameters and model), generated once and reported.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .checks import check_batch, check_schema
+from .normalise import extra_columns, normalise_batch
+from .problems import ManifestError, Problem, ProblemLog
+from .schema import COLUMN_NAMES
+from .source import BATCH_ROWS, ManifestSource
+
+log = logging.getLogger(__name__)
+
+GROUP_COLUMNS = ("model", "mode", "width", "height", "steps", "scheduler", "strength")
+
+
+def known_schedulers() -> tuple[str, ...]:
+    """Imported on use: the scheduler table lives beside diffusers, which is slow to import."""
+    from sdbatch.pipeline.schedulers import SCHEDULER_NAMES
+
+    return SCHEDULER_NAMES
+
+
+@dataclass
+class ManifestReport:
+    """What ``sdbatch validate`` prints, and what ``run`` needs to skip exact duplicates."""
+
+    path: str
+    files: int
+    rows: int = 0
+    modes: dict[str, int] = field(default_factory=dict)
+    distinct_prompts: int = 0
+    # rows per batching group (model, mode, width, height, steps, scheduler, strength), duplicates excluded
+    group_sizes: dict[tuple, int] = field(default_factory=dict)
+    extra_columns: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    duplicate_row_numbers: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    @property
+    def duplicate_rows(self) -> int:
+        return len(self.duplicate_row_numbers)
+
+    @property
+    def distinct_rows(self) -> int:
+        return self.rows - self.duplicate_rows
+
+    def raise_if_refused(self) -> None:
+        if self.problems:
+            raise ManifestError.from_problems(self.problems)
+
+
+def _group_key(row: dict) -> tuple:
+    """The planner's batching key (``GenerationRow.group_key``) from a normalised row."""
+    strength = row["strength"] if row["mode"] != "txt2img" else None
+    return (row["model"], row["mode"], row["width"], row["height"], row["steps"], row["scheduler"], strength)
+
+
+def _group_counts(table: pa.Table) -> Counter:
+    keyed = table.select(list(GROUP_COLUMNS)).set_column(
+        GROUP_COLUMNS.index("strength"), "strength",
+        pc.if_else(pc.equal(table.column("mode"), "txt2img"), pa.scalar(None, pa.float64()),
+                   table.column("strength")),
+    )
+    counts = keyed.group_by(list(GROUP_COLUMNS), use_threads=False).aggregate([([], "count_all")])
+    return Counter({_group_key(r): r["count_all"] for r in counts.to_pylist()})
+
+
+def _group_rows(table: pa.Table) -> list[dict]:
+    """The batching-key columns of each row, as dicts for ``_group_key``."""
+    return table.select(list(GROUP_COLUMNS)).to_pylist()
+
+
+def _string_hashes(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """64-bit hashes (this process only) of a string column, one per row."""
+    return np.fromiter((hash(v) for v in values.to_pylist()), dtype=np.int64, count=len(values))
+
+
+def _given(batch: pa.RecordBatch) -> np.ndarray:
+    """Per row: was the id given (true) or derived (false)?"""
+    if "id" not in batch.schema.names:
+        return np.zeros(batch.num_rows, bool)
+    return batch.column("id").is_valid().to_numpy(zero_copy_only=False)
+
+
+def _suggestions(extras: list[str]) -> list[str]:
+    notes = []
+    for name in extras:
+        close = [c for c in COLUMN_NAMES if c.startswith(name.lower()) and len(name) >= 3]
+        close = close or difflib.get_close_matches(name.lower(), COLUMN_NAMES, n=1, cutoff=0.75)
+        if close:
+            notes.append(f"column '{name}' is not a manifest column (carried through as a label); "
+                         f"did you mean '{close[0]}'?")
+    return notes
+
+
+class _Scan:
+    """State of one validation pass."""
+
+    def __init__(self, source: ManifestSource, default_model: str, schedulers: Sequence[str]):
+        self.source = source
+        self.default_model = default_model
+        self.schedulers = schedulers
+        self.problems = ProblemLog()
+        self.id_hashes: list[np.ndarray] = []
+        self.id_given: list[np.ndarray] = []
+        self.prompt_hashes: list[np.ndarray] = []
+        self.modes: Counter = Counter()
+        self.groups: Counter = Counter()
+        self.rows = 0
+
+    def columns(self) -> list[str]:
+        return [n for n in COLUMN_NAMES if n in self.source.column_names]
+
+    def first_pass(self, batch_rows: int) -> None:
+        for offset, batch in self.source.batches(self.columns(), batch_rows):
+            check_batch(batch, offset, self.problems, self.schedulers)
+            table = normalise_batch(batch, self.default_model)
+            self.id_hashes.append(_string_hashes(table.column("id")))
+            self.id_given.append(_given(batch))
+            self.prompt_hashes.append(_string_hashes(pc.unique(table.column("prompt"))))
+            modes, counts = pc.value_counts(table.column("mode")).flatten()
+            self.modes.update(dict(zip(modes.to_pylist(), counts.to_pylist())))
+            self.groups.update(_group_counts(table))
+            self.rows += batch.num_rows
+
+    def candidate_rows(self) -> np.ndarray:
+        """Row numbers whose id hash occurs more than once (a superset of the repeated ids).
+
+        Peak memory is two int64 arrays the length of the manifest (16 bytes a row)."""
+        hashes = np.concatenate(self.id_hashes) if self.id_hashes else np.zeros(0, np.int64)
+        self.id_hashes = []
+        ordered = np.sort(hashes)
+        repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+        del ordered
+        if not len(repeated):
+            return np.zeros(0, np.int64)
+        slot = np.minimum(np.searchsorted(repeated, hashes), len(repeated) - 1)
+        return np.flatnonzero(repeated[slot] == hashes)
+
+    def second_pass(self, candidates: np.ndarray, batch_rows: int) -> np.ndarray:
+        """Reads the candidate rows' ids exactly; returns the exact duplicate rows to skip."""
+        given = np.concatenate(self.id_given)
+        wanted = np.zeros(self.rows, bool)
+        wanted[candidates] = True
+        first_row: dict[str, int] = {}
+        duplicates: list[int] = []
+        refused: dict[str, list[int]] = {}
+        for offset, batch in self.source.batches(self.columns(), batch_rows):
+            mask = wanted[offset: offset + batch.num_rows]
+            if not mask.any():
+                continue
+            rows = np.flatnonzero(mask) + offset
+            picked = batch.filter(pa.array(mask))
+            table = normalise_batch(picked, self.default_model)
+            for row, row_id, norm in zip(rows.tolist(), table.column("id").to_pylist(), _group_rows(table)):
+                first = first_row.setdefault(row_id, row)
+                if first == row:
+                    continue
+                if given[row] or given[first]:
+                    refused.setdefault(row_id, [first]).append(row)
+                else:
+                    duplicates.append(row)
+                    self.groups[_group_key(norm)] -= 1
+        if refused:
+            rows = sorted(r for rs in refused.values() for r in rs)
+            self.problems.add("id", "duplicate ids (each must be unique)", rows=rows, count=len(rows),
+                              values=list(refused))
+        return np.array(duplicates, np.int64)
+
+    def report(self, duplicates: np.ndarray) -> ManifestReport:
+        prompts = np.concatenate(self.prompt_hashes) if self.prompt_hashes else np.zeros(0, np.int64)
+        extras = extra_columns(self.source.column_names)
+        return ManifestReport(
+            path=self.source.path, files=len(self.source.files), rows=self.rows,
+            modes=dict(self.modes), distinct_prompts=len(np.unique(prompts)),
+            group_sizes={k: v for k, v in self.groups.items() if v > 0},
+            extra_columns=extras, notes=_suggestions(extras),
+            problems=self.problems.problems, duplicate_row_numbers=duplicates,
+        )
+
+
+def validate_source(source: ManifestSource, default_model: str = "",
+                    schedulers: Sequence[str] | None = None, batch_rows: int = BATCH_ROWS) -> ManifestReport:
+    """Check every row of ``source``; problems are in the report, not raised."""
+    scan = _Scan(source, default_model, schedulers if schedulers is not None else known_schedulers())
+    check_schema(source.schema, scan.problems)
+    if scan.problems:
+        report = scan.report(np.zeros(0, np.int64))
+        report.rows = source.count_rows()
+        return report
+    scan.first_pass(batch_rows)
+    if scan.rows == 0:
+        raise ManifestError(f"{source.path}: the manifest has no rows")
+    candidates = scan.candidate_rows()
+    duplicates = scan.second_pass(candidates, batch_rows) if len(candidates) else np.zeros(0, np.int64)
+    if len(duplicates):
+        log.info("%d exact duplicate rows in %s: each generated once", len(duplicates), source.path)
+    return scan.report(duplicates)
