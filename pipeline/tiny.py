@@ -173,7 +173,13 @@ def _depth_estimator(image_size: int):
         image_mean=[0.5, 0.5, 0.5],
         image_std=[0.5, 0.5, 0.5],
     )
-    return DPTForDepthEstimation(config).eval(), processor
+    estimator = DPTForDepthEstimation(config).eval()
+    # DPT's own init (normal, std 0.02, through a dozen layers) predicts depths near 1e-10, which
+    # underflow to a constant map in fp16; torch's default conv init keeps them near 0.1.
+    for module in (*estimator.neck.modules(), *estimator.head.modules()):
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            module.reset_parameters()
+    return estimator, processor
 
 
 def build_tiny_pipeline(variant: str = "base", seed: int = 0, spec: TinySpec | None = None):

@@ -72,3 +72,13 @@ def test_missing_model_is_a_clear_error(tmp_path):
         load_model(str(tmp_path), "cpu")
     with pytest.raises(ModelLoadError, match="nobody/no-such-model"):
         load_model("nobody/no-such-model", "cpu")
+
+
+def test_tiny_depth_estimator_gives_a_usable_depth_map_in_half_precision(tiny_models):
+    pipe = StableDiffusionDepth2ImgPipeline.from_pretrained(tiny_models["depth"])
+    image = Image.fromarray((torch.rand(32, 32, 3, generator=torch.Generator().manual_seed(0)) * 255)
+                            .to(torch.uint8).numpy())
+    pixels = pipe.feature_extractor(images=image, return_tensors="pt").pixel_values
+    with torch.no_grad():
+        depth = pipe.depth_estimator.half()(pixels.half()).predicted_depth
+    assert torch.isfinite(depth).all() and depth.float().std() > 1e-4  # not constant after fp16 rounding
