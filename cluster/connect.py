@@ -25,8 +25,10 @@ def connect(address: str | None) -> ClusterInfo:
     if not ray.is_initialized():
         kwargs = dict(logging_level=logging.WARNING, log_to_driver=True)
         if address is None:
+            # "local" always starts a fresh instance; plain ray.init() would join whatever
+            # `ray start` last left on this machine (or hang on its stale address).
             kwargs.update(include_dashboard=False)
-        ray.init(address=address, **kwargs)
+        ray.init(address=address or "local", **kwargs)
     resources = ray.cluster_resources()
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
     info = ClusterInfo(nodes=nodes, cpus=resources.get("CPU", 0.0), gpus=resources.get("GPU", 0.0),
