@@ -17,7 +17,7 @@ from .executor import ExecutorConfig, ShardTask
 from .job import (PLAN_PATH, SUMMARY_PATH, JobPlan, OutputOptions, clear_outputs, committed_shards,
                   make_plan, read_plan)
 from .progress import Progress
-from .storage import LocalStorage, Storage, open_storage
+from .storage import LocalStorage, Storage, StorageError, open_storage
 from .worker import ShardStats, WorkerConfig
 
 log = logging.getLogger(__name__)
@@ -59,10 +59,12 @@ class Summary:
 
 
 def _prepare_plan(request: RunRequest, storage: Storage):
-    rows = load_rows(request.manifest, default_model=request.model)
+    rows = load_rows(request.manifest, default_model=request.model, storage=request.worker.storage)
     models = sorted({r.model for r in rows})
+    output = request.worker.output
     options = OutputOptions(model=request.model, dtype=request.worker.dtype or "auto",
-                            shard_size=request.shard_size)
+                            shard_size=request.shard_size, layout=output.layout,
+                            image_format=output.image.name, quality=output.image.effective_quality)
     plan = make_plan(rows, request.manifest, options, {m: model_fingerprint(m) for m in models})
     previous = read_plan(storage)
     if previous is not None:
@@ -75,8 +77,9 @@ def _prepare_plan(request: RunRequest, storage: Storage):
         if changed:
             log.warning("--overwrite: removing the earlier job's outputs in %s", request.out)
             clear_outputs(storage)
-    for leftover in storage.list(LocalStorage.TMP):  # partial writes of a killed run
-        storage.delete(leftover)
+    discarded = storage.discard_partial_writes()  # a killed run's unfinished writes
+    if discarded:
+        log.info("discarded %d unfinished write(s) of an earlier run", discarded)
     storage.write_bytes(PLAN_PATH, plan.to_json().encode())
     return rows, plan
 
@@ -101,7 +104,11 @@ def _executor(request: RunRequest, storage: Storage, plan: JobPlan):
 
 def run_job(request: RunRequest) -> Summary:
     started = time.perf_counter()
-    storage = open_storage(request.out)
+    try:
+        storage = open_storage(request.out, request.worker.storage)
+        storage.check()
+    except StorageError as exc:
+        raise JobRefused(f"--out {exc}") from None
     rows, plan = _prepare_plan(request, storage)
     done = committed_shards(storage)
     by_index = {r.row_index: r for r in rows}
