@@ -91,6 +91,10 @@ class ShardWorker:
         self._prepare_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
         # Encoded-but-unwritten images are bounded, so memory stays flat when storage is slow.
         self._write_slots = threading.BoundedSemaphore(4 * config.batch_size)
+        # One shard on the device at a time. A caller may run shards on two threads (a Ray actor
+        # with max_concurrency 2): then one shard's last writes, tar upload and commit overlap the
+        # next shard's generation, so the device does not wait on storage between shards.
+        self._device = threading.Lock()
 
     def load(self, models: list[str]) -> None:
         """Load every model of the job up front, so a bad model fails before any shard starts."""
@@ -168,7 +172,8 @@ class ShardWorker:
         """Generate, write and commit one shard. ``on_rows(rows, failed)`` reports progress.
 
         Rows go in windows of a few batches: window k+1 is prepared on a thread while window k
-        runs, so the device does not wait on image reading and decoding.
+        runs, so the device does not wait on image reading and decoding. Only generation holds
+        the device; waiting for the writes and committing do not (see ``_device``).
         """
         started = time.perf_counter()
         window = self.config.batch_size * PREPARE_WINDOW_BATCHES
@@ -177,10 +182,11 @@ class ShardWorker:
         try:
             pending = []
             upcoming = self._prepare_pool.submit(self._prepare, windows[0]) if windows else None
-            for k in range(len(windows)):
-                prepared = upcoming.result()
-                upcoming = self._prepare_pool.submit(self._prepare, windows[k + 1]) if k + 1 < len(windows) else None
-                pending.extend(self._run_prepared(shard, writer, prepared, on_rows))
+            with self._device:
+                for k in range(len(windows)):
+                    prepared = upcoming.result()
+                    upcoming = self._prepare_pool.submit(self._prepare, windows[k + 1]) if k + 1 < len(windows) else None
+                    pending.extend(self._run_prepared(shard, writer, prepared, on_rows))
             records = [_settled(record, future) for record, future in sorted(pending, key=lambda p: p[0].row_index)]
             writer.finish(records)
         finally:
