@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import tarfile
 import tempfile
 import threading
@@ -77,10 +78,27 @@ def imagefolder_metadata_path(shard: str) -> str:
 
 def imagefolder_table(records: list[ResultRecord]) -> pa.Table:
     """The ok rows as imagefolder reads them: ``file_name`` first, the metadata columns after
-    (``image`` dropped: imagefolder makes that column from ``file_name``)."""
-    table = records_to_table([r for r in records if r.status == "ok"])
+    (``image`` dropped: imagefolder makes that column from ``file_name``). ``seed`` is a
+    decimal128(20, 0) here: datasets (5.2) builds its columns from Python ints through int64 and
+    fails on uint64 seeds of 2**63 and above, half of all derived seeds."""
+    table = records_to_table([r for r in records if r.status == "ok"]).drop_columns(["image"])
+    seed = table.schema.get_field_index("seed")
+    table = table.set_column(seed, "seed", table.column("seed").cast(pa.decimal128(20, 0)))
+    if "file_name" in table.column_names:  # a manifest column of that name would shadow ours
+        table = table.rename_columns(["manifest_file_name" if n == "file_name" else n for n in table.column_names])
     names = pa.array([r.image.rsplit("/", 1)[1] for r in records if r.status == "ok"], pa.string())
-    return table.drop_columns(["image"]).add_column(0, "file_name", names)
+    return table.add_column(0, "file_name", names)
+
+
+# datasets infers splits from file names holding one of these words between separators: a key such
+# as "test-7" would put its image in a "test" split, away from its shard's metadata.parquet.
+_SPLIT_WORD = re.compile(r"(?:^|[-._ 0-9])(train|training|validation|valid|dev|val|test|testing|eval|evaluation)"
+                         r"(?:[-._ 0-9]|$)")
+
+
+def split_word_keys(keys: list[str]) -> list[str]:
+    """Keys whose file names make ``load_dataset("imagefolder", data_dir=OUT)`` infer splits."""
+    return [key for key in keys if _SPLIT_WORD.search(f"{key}.")]
 
 
 class FilesWriter:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import logging
 import tarfile
 from pathlib import Path
 
@@ -64,9 +65,24 @@ def test_files_layout_loads_with_datasets_imagefolder_with_parameters_as_columns
     for sample in loaded:
         row = meta[sample["id"]]
         for column in ("prompt", "negative_prompt", "seed", "guidance_scale", "steps", "scheduler", "label"):
-            assert sample[column] == row[column], column
+            assert sample[column] == row[column], column  # (seed: a Decimal equal to the int)
         assert (pixels(sample["image"]) == pixels(Image.open(out / row["image"]))).all()
     assert loaded.features["timestamp"].dtype.startswith("timestamp")
+
+
+def test_ids_with_split_words_are_warned_about_and_load_with_data_files(tiny_base, tmp_path, caplog):
+    ids = ["test-1", "cat", "train_2", "val.3"]
+    manifest = write_manifest(tmp_path / "m.parquet", {"id": ids, "prompt": ids, "steps": [2] * 4})
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING, logger="sdbatch.jobs.driver"):
+        assert run(manifest, out, tiny_base).exit_code == 0
+    assert "3 row id(s) such as 'test-1' hold a word datasets reads as a split name" in caplog.text
+    loaded = datasets.load_dataset("imagefolder", data_files={"train": f"{out}/images/**"}, split="train",
+                                   cache_dir=str(tmp_path / "hf-cache"))
+    assert sorted(loaded["id"]) == sorted(ids) and "prompt" in loaded.column_names
+    seeds = {r["id"]: r["seed"] for r in read_metadata(out)}
+    assert any(seed >= 2**63 for seed in seeds.values())  # derived seeds span all of uint64 ...
+    assert {s["id"]: int(s["seed"]) for s in loaded} == seeds  # ... and load exactly
 
 
 def test_webdataset_layout_loads_with_webdataset_and_matches_the_files_images(manifest, tiny_base, tmp_path):
