@@ -16,6 +16,7 @@ from sdbatch.pipeline.loading import model_fingerprint
 from .executor import ExecutorConfig, ShardTask
 from .job import (PLAN_PATH, SUMMARY_PATH, JobPlan, OutputOptions, clear_outputs, committed_shards,
                   make_plan, read_plan)
+from .layouts import warn_about_split_words
 from .progress import Progress
 from .storage import LocalStorage, Storage, StorageError, open_storage
 from .worker import ShardStats, WorkerConfig
@@ -66,7 +67,7 @@ def _prepare_plan(request: RunRequest, storage: Storage):
                             shard_size=request.shard_size, layout=output.layout,
                             image_format=output.image.name, quality=output.image.effective_quality)
     plan = make_plan(rows, request.manifest, options, {m: model_fingerprint(m) for m in models})
-    _warn_about_split_words(rows, request.worker.output.layout)
+    warn_about_split_words([r.key for r in rows], request.worker.output.layout)
     previous = read_plan(storage)
     if previous is not None:
         changed = previous.differences(plan)
@@ -83,16 +84,6 @@ def _prepare_plan(request: RunRequest, storage: Storage):
         log.info("discarded %d unfinished write(s) of an earlier run", discarded)
     storage.write_bytes(PLAN_PATH, plan.to_json().encode())
     return rows, plan
-
-
-def _warn_about_split_words(rows, layout: str) -> None:
-    from .layouts import split_word_keys
-
-    clashing = split_word_keys([r.key for r in rows]) if layout == "files" else []
-    if clashing:
-        log.warning("%d row id(s) such as %r hold a word datasets reads as a split name; load this output "
-                    "with load_dataset(\"imagefolder\", data_files={\"train\": \"OUT/images/**\"}), "
-                    "not data_dir=OUT", len(clashing), clashing[0])
 
 
 def _executor(request: RunRequest, storage: Storage, plan: JobPlan):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import re
 import tarfile
 import tempfile
@@ -37,6 +38,8 @@ from PIL import Image
 from .image_encoding import ImageFormat
 from .records import ResultRecord, record_json, records_to_table, table_to_parquet_bytes
 from .storage import Storage
+
+log = logging.getLogger(__name__)
 
 LAYOUT_NAMES = ("files", "webdataset")
 IMAGEFOLDER_METADATA = "metadata.parquet"
@@ -99,6 +102,14 @@ _SPLIT_WORD = re.compile(r"(?:^|[-._ 0-9])(train|training|validation|valid|dev|v
 def split_word_keys(keys: list[str]) -> list[str]:
     """Keys whose file names make ``load_dataset("imagefolder", data_dir=OUT)`` infer splits."""
     return [key for key in keys if _SPLIT_WORD.search(f"{key}.")]
+
+
+def warn_about_split_words(keys: list[str], layout: str) -> None:
+    clashing = split_word_keys(keys) if layout == "files" else []
+    if clashing:
+        log.warning("%d row id(s) such as %r hold a word datasets reads as a split name; load this output "
+                    "with load_dataset(\"imagefolder\", data_files={\"train\": \"OUT/images/**\"}), "
+                    "not data_dir=OUT", len(clashing), clashing[0])
 
 
 class FilesWriter:

@@ -74,7 +74,7 @@ def test_ids_with_split_words_are_warned_about_and_load_with_data_files(tiny_bas
     ids = ["test-1", "cat", "train_2", "val.3"]
     manifest = write_manifest(tmp_path / "m.parquet", {"id": ids, "prompt": ids, "steps": [2] * 4})
     out = tmp_path / "out"
-    with caplog.at_level(logging.WARNING, logger="sdbatch.jobs.driver"):
+    with caplog.at_level(logging.WARNING, logger="sdbatch.jobs.layouts"):
         assert run(manifest, out, tiny_base).exit_code == 0
     assert "3 row id(s) such as 'test-1' hold a word datasets reads as a split name" in caplog.text
     loaded = datasets.load_dataset("imagefolder", data_files={"train": f"{out}/images/**"}, split="train",
