@@ -28,8 +28,8 @@ from .inputs import FailedRow, ReadyRow, batch_key, prepare_rows
 from .layouts import OutputSpec, ShardWriter, layout_named
 from .parameters import infotext
 from .plan import group_batches
-from .records import InputTrace, ResultRecord, records_to_table, table_to_parquet_bytes
-from .runtime_info import RuntimeInfo, runtime_info
+from .records import ResultRecord, records_to_table, table_to_parquet_bytes
+from .runtime_info import runtime_info
 from .storage import Storage, StorageOptions
 
 log = logging.getLogger(__name__)
@@ -71,10 +71,6 @@ class WorkerConfig:
 
 def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
-
-
-def _runtime_fields(info: RuntimeInfo) -> dict:
-    return asdict(info)
 
 
 class ShardWorker:
@@ -130,13 +126,13 @@ class ShardWorker:
             log.warning("row %s (manifest row %d) failed: %s", row.id, row.row_index, exc)
             record = ResultRecord.for_row(row, shard, batch[0].trace, status="error",
                                           error=f"{type(exc).__name__}: {exc}", timestamp=utc_now(),
-                                          **_runtime_fields(runtime_info(None)))
+                                          **asdict(runtime_info(None)))
             return [(record, None)]
         latency = time.perf_counter() - started
         used = dict(width=settings.width, height=settings.height, scheduler=result.scheduler,
                     model_revision=engine.model.revision, seconds=latency / len(batch),
                     latency_seconds=latency, timestamp=utc_now(),
-                    **_runtime_fields(runtime_info(engine.model.device)))
+                    **asdict(runtime_info(engine.model.device)))
         out = []
         for ready, pixels in zip(batch, result.images):
             record = ResultRecord.for_row(ready.row, shard, ready.trace, image=writer.image_ref(ready.row.key), **used)
@@ -156,7 +152,7 @@ class ShardWorker:
                       on_rows=None) -> list[tuple[ResultRecord, Future | None]]:
         """Run prepared rows in batches of equal effective settings; failed rows pass through."""
         pending = [(ResultRecord.for_row(p.row, shard, p.trace, status="error", error=p.error,
-                                         timestamp=utc_now(), **_runtime_fields(runtime_info(None))), None)
+                                         timestamp=utc_now(), **asdict(runtime_info(None))), None)
                    for p in prepared if isinstance(p, FailedRow)]
         if on_rows and pending:
             on_rows(len(pending), len(pending))
@@ -219,5 +215,5 @@ def commit_shard(storage: Storage, shard: str, records: list[ResultRecord], seco
 def commit_failed_shard(storage: Storage, shard: str, rows: list[GenerationRow], cause: str) -> ShardStats:
     """A shard that could not run (its workers kept dying): every row gets an error row."""
     records = [ResultRecord.for_row(r, shard, status="error", error=cause, timestamp=utc_now(),
-                                    **_runtime_fields(runtime_info(None))) for r in rows]
+                                    **asdict(runtime_info(None))) for r in rows]
     return commit_shard(storage, shard, records, 0.0, "driver")
