@@ -37,6 +37,9 @@ def main(verbose: int) -> None:
     """sdbatch: generate Stable Diffusion images in bulk from Parquet manifests."""
     level = max(logging.WARNING - 10 * verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("botocore", "boto3", "s3transfer", "urllib3"):
+        # their debug output carries request headers: signatures and the access key id
+        logging.getLogger(name).setLevel(max(level, logging.INFO))
     if verbose < 2:
         from sdbatch.pipeline.loading import quiet_libraries
 

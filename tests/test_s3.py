@@ -220,10 +220,12 @@ def test_webdataset_layout_on_s3_via_aws_endpoint_url(tiny_base, endpoint, clien
     })
     out = f"s3://{bucket}/wds"
     env = {"AWS_ENDPOINT_URL": endpoint}  # the standard variable, no option
-    result = sdbatch("run", str(manifest), "--out", out, "--executor", "local", "--model", tiny_base,
+    result = sdbatch("-vv", "run", str(manifest), "--out", out, "--executor", "local", "--model", tiny_base,
                      "--device", "cpu", "--shard-size", "4", "--layout", "webdataset", "--format", "jpeg",
                      "--s3-path-style", env=env)
     assert result.returncode == 0, result.stderr
+    assert "DEBUG" in result.stderr  # the most verbose log there is ...
+    assert_no_credentials(result.stdout, result.stderr)  # ... and still no credential in it
     assert sdbatch("verify", out, "--s3-path-style", env=env).returncode == 0
     assert keys(client, bucket, "wds/shards/") == ["wds/shards/00000.tar", "wds/shards/00001.tar"]
     assert not keys(client, bucket, "wds/images/")
