@@ -34,7 +34,7 @@ class GeneratorActor:
         torch.set_num_threads(max(1, threads))  # a CPU actor uses its share of the cores, no more
         self.name = name
         self.progress = progress
-        self.worker = ShardWorker(open_storage(out_root), config, name=name)
+        self.worker = ShardWorker(open_storage(out_root, config.storage), config, name=name)
         self.worker.load(models)
 
     def info(self) -> ActorInfo:

@@ -81,6 +81,8 @@ class RayExecutor:
         actor_cls = ray.remote(GeneratorActor).options(
             num_cpus=plan.num_cpus, num_gpus=plan.num_gpus,
             max_restarts=self.config.shard_retries, max_task_retries=0,
+            # its shards in flight run on threads: one generates while another writes and commits
+            max_concurrency=self.config.inflight_per_actor,
             # transformers warns about optional packages at import, before our loggers are set
             runtime_env={"env_vars": {"TRANSFORMERS_VERBOSITY": "error"}},
         )

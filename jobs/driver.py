@@ -17,8 +17,9 @@ from sdbatch.pipeline.tiny import resolve_builtin_model
 from .executor import ExecutorConfig, ShardTask
 from .job import (PLAN_PATH, SUMMARY_PATH, JobPlan, OutputOptions, clear_outputs, committed_shards,
                   make_plan, read_plan)
+from .layouts import warn_about_split_words
 from .progress import Progress
-from .storage import LocalStorage, Storage, open_storage
+from .storage import LocalStorage, Storage, StorageError, open_storage
 from .worker import ShardStats, WorkerConfig
 
 log = logging.getLogger(__name__)
@@ -69,12 +70,15 @@ def _resolve_builtin_models(rows):
 
 
 def _prepare_plan(request: RunRequest, storage: Storage):
-    loaded = load_manifest(request.manifest, default_model=request.model)
+    loaded = load_manifest(request.manifest, default_model=request.model, storage=request.worker.storage)
     rows = _resolve_builtin_models(loaded.rows)
     models = sorted({r.model for r in rows})
+    output = request.worker.output
     options = OutputOptions(model=request.model, dtype=request.worker.dtype or "auto",
-                            shard_size=request.shard_size)
+                            shard_size=request.shard_size, layout=output.layout,
+                            image_format=output.image.name, quality=output.image.effective_quality)
     plan = make_plan(rows, request.manifest, options, {m: model_fingerprint(m) for m in models})
+    warn_about_split_words([r.key for r in rows], request.worker.output.layout)
     previous = read_plan(storage)
     if previous is not None:
         changed = previous.differences(plan)
@@ -86,8 +90,9 @@ def _prepare_plan(request: RunRequest, storage: Storage):
         if changed:
             log.warning("--overwrite: removing the earlier job's outputs in %s", request.out)
             clear_outputs(storage)
-    for leftover in storage.list(LocalStorage.TMP):  # partial writes of a killed run
-        storage.delete(leftover)
+    discarded = storage.discard_partial_writes()  # a killed run's unfinished writes
+    if discarded:
+        log.info("discarded %d unfinished write(s) of an earlier run", discarded)
     storage.write_bytes(PLAN_PATH, plan.to_json().encode())
     return rows, plan, loaded.report.duplicate_rows
 
@@ -112,7 +117,11 @@ def _executor(request: RunRequest, storage: Storage, plan: JobPlan):
 
 def run_job(request: RunRequest) -> Summary:
     started = time.perf_counter()
-    storage = open_storage(request.out)
+    try:
+        storage = open_storage(request.out, request.worker.storage)
+        storage.check()
+    except StorageError as exc:
+        raise JobRefused(f"--out {exc}") from None
     rows, plan, duplicate_rows = _prepare_plan(request, storage)
     done = committed_shards(storage)
     by_index = {r.row_index: r for r in rows}

@@ -1,4 +1,5 @@
-"""Reading a manifest's image cell: a local path, a ``file://`` URI or the encoded image's bytes.
+"""Reading a manifest's image cell: a local path, a ``file://`` or ``s3://`` URI, or the encoded
+image's bytes.
 
 The content hash is the SHA-256 of the bytes as read (``sha256sum FILE`` gives the same), so an
 output can be traced to the exact file that made it. Relative paths were already resolved
@@ -15,6 +16,8 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .storage import StorageError, StorageOptions, is_s3_uri
 
 
 class ImageCellError(ValueError):
@@ -34,14 +37,27 @@ def _local_path(cell: str) -> Path:
         return Path(cell)
     uri = urlparse(cell)
     if uri.scheme != "file":
-        raise ImageCellError(f"cannot read {cell!r}: {uri.scheme}:// URIs are not supported yet "
-                             "(local paths, file:// URIs and image bytes are)")
+        raise ImageCellError(f"cannot read {cell!r}: {uri.scheme}:// URIs are not supported "
+                             "(local paths, file:// and s3:// URIs, and image bytes are)")
     return Path(unquote(uri.path))
 
 
-def read_cell_bytes(cell: str | bytes) -> bytes:
+def _read_s3(uri: str, storage: StorageOptions) -> bytes:
+    from .s3 import read_object
+
+    try:
+        return read_object(uri, storage)
+    except FileNotFoundError:
+        raise ImageCellError(f"object not found: {uri}") from None
+    except StorageError as exc:
+        raise ImageCellError(str(exc)) from None
+
+
+def read_cell_bytes(cell: str | bytes, storage: StorageOptions = StorageOptions()) -> bytes:
     if isinstance(cell, bytes):
         return cell
+    if is_s3_uri(cell):
+        return _read_s3(cell, storage)
     path = _local_path(cell)
     try:
         return path.read_bytes()
@@ -66,9 +82,12 @@ def decode_image(data: bytes, source: str) -> Image.Image:
     return ImageOps.exif_transpose(image)
 
 
-def load_cell_image(cell: str | bytes) -> CellImage:
-    data = read_cell_bytes(cell)
-    source = "the cell's bytes" if isinstance(cell, bytes) else str(_local_path(cell))
+def load_cell_image(cell: str | bytes, storage: StorageOptions = StorageOptions()) -> CellImage:
+    data = read_cell_bytes(cell, storage)
+    if isinstance(cell, bytes):
+        source = "the cell's bytes"
+    else:
+        source = cell if is_s3_uri(cell) else str(_local_path(cell))
     return CellImage(decode_image(data, source), hashlib.sha256(data).hexdigest())
 
 

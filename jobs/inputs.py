@@ -35,6 +35,7 @@ from sdbatch.pipeline.schedulers import SCHEDULER_NAMES
 
 from .image_cells import CellImage, ImageCellError, depth_values, load_cell_image
 from .records import InputTrace
+from .storage import StorageOptions
 
 log = logging.getLogger(__name__)
 
@@ -128,12 +129,12 @@ def check_columns(row: GenerationRow) -> None:
                                          "(int(steps * strength) must be at least 1)")
 
 
-def read_images(row: GenerationRow) -> RowImages:
+def read_images(row: GenerationRow, storage: StorageOptions = StorageOptions()) -> RowImages:
     loaded: dict[str, CellImage | None] = {}
     for column in IMAGE_COLUMNS:
         cell = getattr(row, column)
         try:
-            loaded[column] = None if cell is None else load_cell_image(cell)
+            loaded[column] = None if cell is None else load_cell_image(cell, storage)
         except ImageCellError as exc:
             raise InputError(column, str(exc)) from None
     return RowImages(init=loaded["init_image"], mask=loaded["mask_image"], depth=loaded["depth_map"])
@@ -196,11 +197,12 @@ def make_ready(row: GenerationRow, images: RowImages, model: LoadedModel) -> Rea
 
 
 # -- the whole step ---------------------------------------------------------------------------
-def prepare_row(row: GenerationRow, model_for: Callable[[str], LoadedModel]) -> ReadyRow | FailedRow:
+def prepare_row(row: GenerationRow, model_for: Callable[[str], LoadedModel],
+                storage: StorageOptions = StorageOptions()) -> ReadyRow | FailedRow:
     images = RowImages()
     try:
         check_columns(row)
-        images = read_images(row)
+        images = read_images(row, storage)
         try:
             model = model_for(row.model)
         except Exception as exc:  # noqa: BLE001 - a model that cannot load fails its rows, not the job
@@ -212,8 +214,10 @@ def prepare_row(row: GenerationRow, model_for: Callable[[str], LoadedModel]) -> 
         return FailedRow(row, error, images.trace())
 
 
-def prepare_rows(rows: list[GenerationRow], model_for: Callable[[str], LoadedModel]) -> list[ReadyRow | FailedRow]:
-    """Prepare every row; a model that fails to load is tried once per call, not once per row."""
+def prepare_rows(rows: list[GenerationRow], model_for: Callable[[str], LoadedModel],
+                 storage: StorageOptions = StorageOptions()) -> list[ReadyRow | FailedRow]:
+    """Prepare every row (``s3://`` cells read with ``storage``); a model that fails to load is
+    tried once per call, not once per row."""
     failed: dict[str, Exception] = {}
 
     def cached(name: str) -> LoadedModel:
@@ -225,4 +229,4 @@ def prepare_rows(rows: list[GenerationRow], model_for: Callable[[str], LoadedMod
             failed[name] = exc
             raise
 
-    return [prepare_row(row, cached) for row in rows]
+    return [prepare_row(row, cached, storage) for row in rows]

@@ -7,10 +7,10 @@ from collections import Counter
 from dataclasses import dataclass
 
 import pyarrow.parquet as pq
-from PIL import Image
 
 from .job import committed_shards, read_plan
-from .storage import LocalStorage, open_storage
+from .layouts import layout_named
+from .storage import StorageOptions, open_storage
 from .worker import MARKER_DIR, metadata_path
 
 
@@ -37,8 +37,9 @@ class JobStatus:
                 f"{self.done_shards}/{self.planned_shards} shards, {self.ok} ok, {self.failed} failed: {state}")
 
 
-def job_status(out: str) -> JobStatus:
-    storage = open_storage(out)
+def job_status(out: str, options: StorageOptions | None = None) -> JobStatus:
+    storage = open_storage(out, options)
+    storage.check()
     plan = read_plan(storage)
     done = committed_shards(storage)
     if plan is None:
@@ -47,16 +48,18 @@ def job_status(out: str) -> JobStatus:
                      sum(s.ok for s in done.values()), sum(s.failed for s in done.values()))
 
 
-def verify_outputs(out: str) -> list[str]:
+def verify_outputs(out: str, options: StorageOptions | None = None) -> list[str]:
     """Every problem found, in words; an empty list means the outputs hold every promise."""
-    storage = open_storage(out)
+    storage = open_storage(out, options)
+    storage.check()
     plan = read_plan(storage)
     if plan is None:
         return [f"{out}: no plan (_job/plan.json); not an sdbatch output"]
+    layout = layout_named(plan.options.layout)
     problems: list[str] = []
     done = committed_shards(storage)
     planned = {s.name: set(s.row_indices) for s in plan.shards}
-    referenced: set[str] = set()
+    known: set[str] = set()  # files the committed shards account for
     for name, rows in planned.items():
         if name not in done:
             problems.append(f"shard {name}: not committed (no {MARKER_DIR}/{name}.json)")
@@ -75,27 +78,14 @@ def verify_outputs(out: str) -> list[str]:
             problems.append(f"shard {name}: metadata rows not in the plan: {sorted(extra)[:5]}")
         if twice:
             problems.append(f"shard {name}: rows with more than one metadata row: {sorted(twice)[:5]}")
-        for record in table.select(["row_index", "status", "image"]).to_pylist():
-            if record["status"] != "ok":
-                continue
-            path = record["image"]
-            referenced.add(path)
-            problems.extend(_check_image(storage, path, record["row_index"]))
-    for path in storage.list("images"):
-        if path not in referenced:
-            problems.append(f"stray file {path}: no ok metadata row refers to it")
-    known = {metadata_path(n) for n in planned}
-    problems.extend(f"stray file {p}: not a planned shard's metadata" for p in storage.list("metadata") if p not in known)
-    problems.extend(f"partial file {p} left by an interrupted write" for p in storage.list(LocalStorage.TMP))
+        ok = [r for r in table.select(["row_index", "status", "image"]).to_pylist() if r["status"] == "ok"]
+        shard_problems, shard_files = layout.check_shard(storage, name, ok)
+        problems.extend(shard_problems)
+        known |= shard_files
+    problems.extend(f"stray file {p}: no ok metadata row refers to it"
+                    for p in storage.list(layout.prefix) if p not in known)
+    planned_metadata = {metadata_path(n) for n in planned}
+    problems.extend(f"stray file {p}: not a planned shard's metadata"
+                    for p in storage.list("metadata") if p not in planned_metadata)
+    problems.extend(f"partial file {p} left by an interrupted write" for p in storage.partial_writes())
     return problems
-
-
-def _check_image(storage, path: str | None, row_index: int) -> list[str]:
-    if not path or not storage.exists(path):
-        return [f"row {row_index}: image {path} is missing"]
-    try:
-        with Image.open(io.BytesIO(storage.read_bytes(path))) as image:
-            image.load()
-    except Exception as exc:  # noqa: BLE001 - any decode failure is a problem to report
-        return [f"row {row_index}: image {path} does not decode: {exc}"]
-    return []

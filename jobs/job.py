@@ -31,6 +31,9 @@ class OutputOptions:
     model: str
     dtype: str
     shard_size: int
+    layout: str = "files"  # plans written before layouts existed were "files" ...
+    image_format: str = "png"  # ... of PNGs
+    quality: int | None = None  # jpeg / webp only
 
 
 @dataclass
@@ -107,6 +110,6 @@ def committed_shards(storage: Storage) -> dict[str, ShardStats]:
 
 def clear_outputs(storage: Storage) -> None:
     """--overwrite: remove what an earlier, different job wrote into OUT."""
-    for prefix in ("images", "metadata", "_job"):
+    for prefix in ("images", "shards", "metadata", "_job"):
         for path in storage.list(prefix):
             storage.delete(path)

@@ -5,8 +5,10 @@ Column names are read by other tools: keep them.
 
 from __future__ import annotations
 
+import datetime as dt
 import io
-from dataclasses import asdict, dataclass, field, fields
+import json
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -34,7 +36,7 @@ class ResultRecord:
     key: str
     status: str  # "ok" | "error"
     error: str | None
-    image: str | None  # path relative to OUT
+    image: str | None  # path relative to OUT; webdataset layout: "shards/<shard>.tar#<member>"
     prompt: str
     negative_prompt: str
     seed: int
@@ -49,7 +51,13 @@ class ResultRecord:
     row_index: int
     shard: str
     model_revision: str | None = None
-    seconds: float | None = None  # wall time of the row's batch, divided by its rows
+    seconds: float | None = None  # wall time of the row's batch, divided by its rows (cost per image)
+    latency_seconds: float | None = None  # wall time of the row's batch (how long the image took)
+    timestamp: dt.datetime | None = None  # UTC, when the row's outcome was decided
+    sdbatch_version: str | None = None
+    diffusers_version: str | None = None
+    torch_version: str | None = None
+    device_name: str | None = None  # e.g. "NVIDIA H100 80GB HBM3", or the CPU's model name
     init_image_sha256: str | None = None
     mask_image_sha256: str | None = None
     depth_map_sha256: str | None = None
@@ -80,6 +88,9 @@ METADATA_SCHEMA = pa.schema([
     ("model", pa.string()), ("mode", pa.string()), ("strength", pa.float64()),
     ("row_index", pa.int64()), ("shard", pa.string()), ("model_revision", pa.string()),
     ("seconds", pa.float64()),
+    ("latency_seconds", pa.float64()), ("timestamp", pa.timestamp("us", tz="UTC")),
+    ("sdbatch_version", pa.string()), ("diffusers_version", pa.string()),
+    ("torch_version", pa.string()), ("device_name", pa.string()),
     ("init_image_sha256", pa.string()), ("mask_image_sha256", pa.string()),
     ("depth_map_sha256", pa.string()), ("init_image_width", pa.int64()),
     ("init_image_height", pa.int64()), ("init_image_resized", pa.bool_()),
@@ -95,6 +106,20 @@ def records_to_table(records: list[ResultRecord]) -> pa.Table:
         out_name = name if name not in _RESERVED else f"manifest_{name}"
         table = table.append_column(out_name, pa.array([r.extras[i][1] for r in records]))
     return table
+
+
+def record_json(record: ResultRecord) -> bytes:
+    """One record as a JSON object with the metadata's column names (the webdataset ``.json``)."""
+    body = records_to_table([record]).to_pylist()[0]
+    return json.dumps(body, default=_json_value, ensure_ascii=False, sort_keys=False).encode()
+
+
+def _json_value(value):
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return None  # binary manifest columns (image bytes) are not repeated per sample
+    return str(value)
 
 
 def table_to_parquet_bytes(table: pa.Table) -> bytes:

@@ -1,32 +1,36 @@
-"""A shard's work: rows -> batches -> engine -> encoded images -> metadata -> commit marker.
+"""A shard's work: rows -> batches -> engine -> encoded images -> layout files -> metadata -> marker.
 
 The same ``ShardWorker`` runs inside the local executor and inside each Ray actor. Rows are
 prepared one by one first (inputs read and checked, see ``inputs.py``), so bad input fails its row
 alone; a batch that still raises is retried row by row, so one bad row fails alone with its error
-recorded.
+recorded. Images are encoded (with their ``parameters`` text) and stored on a thread pool while the
+next batch denoises; the layout (``layouts.py``) decides where they go.
 """
 
 from __future__ import annotations
 
-import io
+import datetime as dt
 import json
 import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
-from PIL import Image
 
 from sdbatch.manifests.schema import GenerationRow
 from sdbatch.pipeline.engine import BatchedEngine
 from sdbatch.pipeline.loading import LoadedModel, load_model
 
+from .image_encoding import encode_image
 from .inputs import FailedRow, ReadyRow, batch_key, prepare_rows
+from .layouts import OutputSpec, ShardWriter, layout_named
+from .parameters import infotext
 from .plan import group_batches
-from .records import InputTrace, ResultRecord, records_to_table, table_to_parquet_bytes
-from .storage import Storage
+from .records import ResultRecord, records_to_table, table_to_parquet_bytes
+from .runtime_info import runtime_info
+from .storage import Storage, StorageOptions
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +45,6 @@ def marker_path(shard: str) -> str:
 
 def metadata_path(shard: str) -> str:
     return f"metadata/{shard}.parquet"
-
-
-def image_path(shard: str, key: str, ext: str = "png") -> str:
-    return f"images/{shard}/{key}.{ext}"
 
 
 @dataclass
@@ -65,12 +65,12 @@ class WorkerConfig:
     dtype: str | None = None
     batch_size: int = 16
     encode_threads: int = 4
+    output: OutputSpec = field(default_factory=OutputSpec)
+    storage: StorageOptions = field(default_factory=StorageOptions)  # for s3:// inputs and outputs
 
 
-def _encode_png(pixels: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG", compress_level=4)
-    return buf.getvalue()
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
 
 
 class ShardWorker:
@@ -80,12 +80,17 @@ class ShardWorker:
         self.storage = storage
         self.config = config
         self.name = name
+        self.layout = layout_named(config.output.layout)
         self._engines: dict[str, BatchedEngine] = {}
         self._pool = ThreadPoolExecutor(max_workers=config.encode_threads, thread_name_prefix="encode")
         # The next window of rows is prepared (images read and decoded) while this one denoises.
         self._prepare_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
         # Encoded-but-unwritten images are bounded, so memory stays flat when storage is slow.
         self._write_slots = threading.BoundedSemaphore(4 * config.batch_size)
+        # One shard on the device at a time. A caller may run shards on two threads (a Ray actor
+        # with max_concurrency 2): then one shard's last writes, tar upload and commit overlap the
+        # next shard's generation, so the device does not wait on storage between shards.
+        self._device = threading.Lock()
 
     def load(self, models: list[str]) -> None:
         """Load every model of the job up front, so a bad model fails before any shard starts."""
@@ -102,14 +107,12 @@ class ShardWorker:
         self._prepare_pool.shutdown(wait=True, cancel_futures=True)
         self._pool.shutdown(wait=True)
 
-    def _write_image(self, shard: str, row: GenerationRow, pixels: np.ndarray) -> str:
-        path = image_path(shard, row.key)
-        self.storage.write_bytes(path, _encode_png(pixels))
-        return path
+    def _store(self, writer: ShardWriter, record: ResultRecord, pixels: np.ndarray) -> None:
+        writer.add(record, encode_image(pixels, self.config.output.image, infotext(record)))
 
-    def _generate(self, shard: str,
-                  batch: list[ReadyRow]) -> list[tuple[GenerationRow, Future | str, dict, InputTrace]]:
-        """Run one batch; returns per row either a pending image write or an error message."""
+    def _generate(self, shard: str, writer: ShardWriter,
+                  batch: list[ReadyRow]) -> list[tuple[ResultRecord, Future | None]]:
+        """Run one batch; per row its record and, when it made an image, the pending write."""
         try:
             engine = self.engine(batch[0].row.model)
             settings = batch[0].settings
@@ -118,66 +121,85 @@ class ShardWorker:
         except Exception as exc:  # noqa: BLE001 - a row's failure is recorded, not raised
             if len(batch) > 1:
                 log.warning("batch of %d failed (%s); retrying row by row", len(batch), exc)
-                return [item for ready in batch for item in self._generate(shard, [ready])]
+                return [item for ready in batch for item in self._generate(shard, writer, [ready])]
             row = batch[0].row
             log.warning("row %s (manifest row %d) failed: %s", row.id, row.row_index, exc)
-            return [(row, f"{type(exc).__name__}: {exc}", {}, batch[0].trace)]
-        per_row = (time.perf_counter() - started) / len(batch)
+            record = ResultRecord.for_row(row, shard, batch[0].trace, status="error",
+                                          error=f"{type(exc).__name__}: {exc}", timestamp=utc_now(),
+                                          **asdict(runtime_info(None)))
+            return [(record, None)]
+        latency = time.perf_counter() - started
         used = dict(width=settings.width, height=settings.height, scheduler=result.scheduler,
-                    model_revision=engine.model.revision, seconds=per_row)
-        return [(ready.row, self._submit_write(shard, ready.row, pixels), used, ready.trace)
-                for ready, pixels in zip(batch, result.images)]
+                    model_revision=engine.model.revision, seconds=latency / len(batch),
+                    latency_seconds=latency, timestamp=utc_now(),
+                    **asdict(runtime_info(engine.model.device)))
+        out = []
+        for ready, pixels in zip(batch, result.images):
+            record = ResultRecord.for_row(ready.row, shard, ready.trace, image=writer.image_ref(ready.row.key), **used)
+            out.append((record, self._submit_write(writer, record, pixels)))
+        return out
 
-    def _submit_write(self, shard: str, row: GenerationRow, pixels: np.ndarray) -> Future:
+    def _submit_write(self, writer: ShardWriter, record: ResultRecord, pixels: np.ndarray) -> Future:
         self._write_slots.acquire()  # blocks only when writes fall far behind generation
-        future = self._pool.submit(self._write_image, shard, row, pixels)
+        future = self._pool.submit(self._store, writer, record, pixels)
         future.add_done_callback(lambda _: self._write_slots.release())
         return future
 
     def _prepare(self, rows: list[GenerationRow]) -> list[ReadyRow | FailedRow]:
-        return prepare_rows(rows, lambda name: self.engine(name).model)
+        return prepare_rows(rows, lambda name: self.engine(name).model, self.config.storage)
 
-    def _run_prepared(self, shard: str, prepared: list[ReadyRow | FailedRow], on_rows=None) -> list:
+    def _run_prepared(self, shard: str, writer: ShardWriter, prepared: list[ReadyRow | FailedRow],
+                      on_rows=None) -> list[tuple[ResultRecord, Future | None]]:
         """Run prepared rows in batches of equal effective settings; failed rows pass through."""
-        pending = [(p.row, p.error, {}, p.trace) for p in prepared if isinstance(p, FailedRow)]
+        pending = [(ResultRecord.for_row(p.row, shard, p.trace, status="error", error=p.error,
+                                         timestamp=utc_now(), **asdict(runtime_info(None))), None)
+                   for p in prepared if isinstance(p, FailedRow)]
         if on_rows and pending:
             on_rows(len(pending), len(pending))
         ready = [p for p in prepared if isinstance(p, ReadyRow)]
         for batch in group_batches(ready, batch_key, self.config.batch_size):
-            outcomes = self._generate(shard, batch)
+            outcomes = self._generate(shard, writer, batch)
             pending.extend(outcomes)
             if on_rows:
-                on_rows(len(batch), sum(isinstance(o[1], str) for o in outcomes))
+                on_rows(len(batch), sum(future is None for _, future in outcomes))
         return pending
 
     def run_shard(self, shard: str, rows: list[GenerationRow], on_rows=None) -> ShardStats:
         """Generate, write and commit one shard. ``on_rows(rows, failed)`` reports progress.
 
         Rows go in windows of a few batches: window k+1 is prepared on a thread while window k
-        runs, so the device does not wait on image reading and decoding.
+        runs, so the device does not wait on image reading and decoding. Only generation holds
+        the device; waiting for the writes and committing do not (see ``_device``).
         """
         started = time.perf_counter()
         window = self.config.batch_size * PREPARE_WINDOW_BATCHES
         windows = [rows[i : i + window] for i in range(0, len(rows), window)]
-        pending = []
-        upcoming = self._prepare_pool.submit(self._prepare, windows[0]) if windows else None
-        for k in range(len(windows)):
-            prepared = upcoming.result()
-            upcoming = self._prepare_pool.submit(self._prepare, windows[k + 1]) if k + 1 < len(windows) else None
-            pending.extend(self._run_prepared(shard, prepared, on_rows))
-        records = []
-        for row, outcome, used, trace in sorted(pending, key=lambda item: item[0].row_index):
-            if isinstance(outcome, str):
-                records.append(ResultRecord.for_row(row, shard, trace, status="error", error=outcome))
-                continue
-            try:
-                path = outcome.result()
-            except Exception as exc:  # noqa: BLE001
-                records.append(ResultRecord.for_row(row, shard, trace, status="error",
-                                                    error=f"write failed: {exc}", **used))
-                continue
-            records.append(ResultRecord.for_row(row, shard, trace, image=path, **used))
+        writer = self.layout.writer(self.storage, shard, self.config.output.image)
+        try:
+            pending = []
+            upcoming = self._prepare_pool.submit(self._prepare, windows[0]) if windows else None
+            with self._device:
+                for k in range(len(windows)):
+                    prepared = upcoming.result()
+                    upcoming = self._prepare_pool.submit(self._prepare, windows[k + 1]) if k + 1 < len(windows) else None
+                    pending.extend(self._run_prepared(shard, writer, prepared, on_rows))
+            records = [_settled(record, future) for record, future in sorted(pending, key=lambda p: p[0].row_index)]
+            writer.finish(records)
+        finally:
+            writer.close()
         return commit_shard(self.storage, shard, records, time.perf_counter() - started, self.name)
+
+
+def _settled(record: ResultRecord, write: Future | None) -> ResultRecord:
+    """The record once its image write ended: an error row when the write failed."""
+    if write is None:
+        return record
+    try:
+        write.result()
+    except Exception as exc:  # noqa: BLE001
+        log.warning("row %s: writing %s failed: %s", record.id, record.image, exc)
+        return replace(record, status="error", error=f"write failed: {exc}", image=None)
+    return record
 
 
 def commit_shard(storage: Storage, shard: str, records: list[ResultRecord], seconds: float,
@@ -192,5 +214,6 @@ def commit_shard(storage: Storage, shard: str, records: list[ResultRecord], seco
 
 def commit_failed_shard(storage: Storage, shard: str, rows: list[GenerationRow], cause: str) -> ShardStats:
     """A shard that could not run (its workers kept dying): every row gets an error row."""
-    records = [ResultRecord.for_row(r, shard, status="error", error=cause) for r in rows]
+    records = [ResultRecord.for_row(r, shard, status="error", error=cause, timestamp=utc_now(),
+                                    **asdict(runtime_info(None))) for r in rows]
     return commit_shard(storage, shard, records, 0.0, "driver")

@@ -15,6 +15,8 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
+from sdbatch.jobs.storage import StorageOptions
+
 from .ids import derive_seed, safe_key
 from .normalise import extra_columns, normalise_batch
 from .problems import ManifestError
@@ -33,17 +35,17 @@ class LoadedManifest:
     report: ManifestReport
 
 
-def _resolve_image_cell(value, base: Path | None):
+def _resolve_image_cell(value, base: Path | str | None):
     """Image cells are bytes (an encoded image) or a path/URI; relative paths are relative to the
     manifest's own folder."""
     if value is None or isinstance(value, bytes) or base is None:
         return value
     if "://" in value or Path(value).is_absolute():
         return value
-    return str(base / value)
+    return str(base / value) if isinstance(base, Path) else f"{base}/{value}"  # str: an s3:// folder
 
 
-def _rows_of(table: pa.Table, row_numbers: np.ndarray, extras: pa.Table, base: Path) -> list[GenerationRow]:
+def _rows_of(table: pa.Table, row_numbers: np.ndarray, extras: pa.Table, base: Path | str) -> list[GenerationRow]:
     rows = []
     extra_names = extras.column_names
     extra_values = extras.to_pylist()
@@ -85,10 +87,10 @@ def iter_row_batches(source: ManifestSource, default_model: str, skip_rows: np.n
         yield _rows_of(table, numbers, extras, source.base)
 
 
-def load_manifest(path: str | Path, default_model: str) -> LoadedManifest:
+def load_manifest(path: str | Path, default_model: str, storage: StorageOptions | None = None) -> LoadedManifest:
     """Validate the whole manifest (raising ``ManifestError`` naming column, rows and reason), then
-    read its distinct rows."""
-    source = open_manifest(path)
+    read its distinct rows. ``storage`` configures S3 access for ``s3://`` manifests."""
+    source = open_manifest(path, storage)
     report = validate_source(source, default_model)
     report.raise_if_refused()
     for note in report.notes:
@@ -98,5 +100,5 @@ def load_manifest(path: str | Path, default_model: str) -> LoadedManifest:
     return LoadedManifest(rows=rows, report=report)
 
 
-def load_rows(path: str | Path, default_model: str) -> list[GenerationRow]:
-    return load_manifest(path, default_model).rows
+def load_rows(path: str | Path, default_model: str, storage: StorageOptions | None = None) -> list[GenerationRow]:
+    return load_manifest(path, default_model, storage).rows

@@ -17,6 +17,8 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from sdbatch.jobs.storage import StorageOptions
+
 from .problems import ManifestError
 
 BATCH_ROWS = 65_536
@@ -31,7 +33,7 @@ class ManifestSource:
 
     path: str
     files: tuple[str, ...]
-    base: Path  # relative image paths in the manifest are relative to this folder
+    base: Path | str  # relative image paths resolve in this folder (a str: an s3:// folder URI)
     dataset: ds.Dataset
 
     @property
@@ -59,7 +61,8 @@ class ManifestSource:
         offset = 0
         for fragment in self.dataset.get_fragments():
             partition = ds.get_partition_keys(fragment.partition_expression) or {}
-            reader = pq.ParquetFile(fragment.path, pre_buffer=False, buffer_size=READ_BUFFER_BYTES)
+            reader = pq.ParquetFile(fragment.filesystem.open_input_file(fragment.path), pre_buffer=False,
+                                    buffer_size=READ_BUFFER_BYTES)
             in_file = [n for n in schema.names if n in reader.schema_arrow.names and n not in partition]
             rows = _rows_per_batch(reader.metadata, in_file, batch_rows)
             for batch in reader.iter_batches(batch_size=rows, columns=in_file, use_threads=False):
@@ -135,11 +138,11 @@ def _list_files(path: str) -> tuple[list[str], Path]:
     raise ManifestError(f"{path}: no such file or folder")
 
 
-def _file_schemas(files: list[str]) -> list[pa.Schema]:
+def _file_schemas(files: list[str], filesystem=None) -> list[pa.Schema]:
     schemas = []
     for f in files:
         try:
-            schemas.append(pq.read_schema(f))
+            schemas.append(pq.read_schema(f, filesystem=filesystem))
         except (OSError, pa.ArrowInvalid) as exc:
             raise ManifestError(f"{f}: cannot read as Parquet: {exc}") from exc
     return schemas
@@ -169,9 +172,12 @@ def _unify(files: list[str], schemas: list[pa.Schema]) -> pa.Schema:
     raise ManifestError("the files' schemas cannot be combined")  # not reached in practice
 
 
-def open_manifest(path: str | Path) -> ManifestSource:
-    """Open ``path`` (a Parquet file, a folder of them, Hive partitions included, or a glob)."""
+def open_manifest(path: str | Path, storage: StorageOptions | None = None) -> ManifestSource:
+    """Open ``path`` (a Parquet file, a folder of them, Hive partitions included, or a glob; or an
+    ``s3://`` file or folder, read through pyarrow's S3 filesystem configured by ``storage``)."""
     path = str(path)
+    if path.startswith("s3://"):
+        return _open_s3_manifest(path, storage or StorageOptions())
     files, base = _list_files(path)
     schemas = _file_schemas(files)
     partitioning = None
@@ -185,3 +191,22 @@ def open_manifest(path: str | Path) -> ManifestSource:
     dataset = ds.dataset(files, schema=schema, format="parquet", partitioning=partitioning,
                          partition_base_dir=str(base) if partitioning else None)
     return ManifestSource(path=path, files=tuple(files), base=base.absolute(), dataset=dataset)
+
+
+def _open_s3_manifest(path: str, storage: StorageOptions) -> ManifestSource:
+    """An ``s3://`` Parquet file or folder of files (no globs, no Hive partitions)."""
+    from sdbatch.jobs.s3 import dataset_location, s3_folder_of
+
+    if _is_glob(path):
+        raise ManifestError(f"{path}: globs are not supported on s3://; name a file or a folder")
+    try:
+        location = dataset_location(path, storage)
+        files = sorted(ds.dataset(location.source, format="parquet", filesystem=location.filesystem).files)
+        base = s3_folder_of(path, storage)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise ManifestError(f"{path}: cannot read: {exc}") from exc
+    if not files:
+        raise ManifestError(f"{path}: no Parquet files there")
+    schema = _unify(files, _file_schemas(files, location.filesystem))
+    dataset = ds.dataset(files, schema=schema, format="parquet", filesystem=location.filesystem)
+    return ManifestSource(path=path, files=tuple(files), base=base, dataset=dataset)

@@ -133,8 +133,8 @@ def test_path_uri_and_bytes_cells_read_the_same_image(models, tmp_path):
 
 
 def test_unsupported_uri_scheme(models):
-    error = failure(make_row(mode="img2img", init_image="s3://bucket/cat.png"), models)
-    assert "column init_image" in error and "s3:// URIs are not supported yet" in error
+    error = failure(make_row(mode="img2img", init_image="gs://bucket/cat.png"), models)
+    assert "column init_image" in error and "gs:// URIs are not supported" in error
 
 
 def test_mode_needs_its_images_and_uses_no_others(models):

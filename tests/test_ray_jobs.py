@@ -102,12 +102,16 @@ def test_driver_killed_mid_job_then_rerun_gives_exactly_once(job, tmp_path):
     assert_same_images(images_by_id(out), reference)
 
 
-def _actor_pids() -> list[int]:
+def _actor_pids(driver: subprocess.Popen) -> list[int]:
+    """This job's actors only: the Ray instance the driver started is its descendant (other jobs on
+    a shared machine have actors of their own, not ours to kill)."""
     pids = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if "GeneratorActor" in cmdline and proc.info["pid"] != os.getpid():
-            pids.append(proc.info["pid"])
+    for proc in psutil.Process(driver.pid).children(recursive=True):
+        try:
+            if "GeneratorActor" in " ".join(proc.cmdline()):
+                pids.append(proc.pid)
+        except psutil.NoSuchProcess:
+            continue
     return pids
 
 
@@ -115,8 +119,8 @@ def test_actor_killed_mid_shard_job_still_completes_exactly_once(job, tmp_path):
     manifest, common, reference = job
     out = tmp_path / "out"
     proc = start("run", str(manifest), "--out", str(out), "--actors", "2", *common)
-    wait_for(lambda: markers(out) >= 1 and len(_actor_pids()) >= 2, proc)
-    os.kill(_actor_pids()[0], signal.SIGKILL)
+    wait_for(lambda: markers(out) >= 1 and len(_actor_pids(proc)) >= 2, proc)
+    os.kill(_actor_pids(proc)[0], signal.SIGKILL)
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, output
     assert "died while running shard" in output

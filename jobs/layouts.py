@@ -1,0 +1,257 @@
+"""Where a shard's images go, and how ``sdbatch verify`` checks them: the two output layouts.
+
+``files`` (default)::
+
+    OUT/images/<shard>/<key>.<ext>          one image per ok row
+    OUT/images/<shard>/metadata.parquet     the shard's ok rows, ``file_name`` = "<key>.<ext>"
+
+The per-folder ``metadata.parquet`` is what Hugging Face ``datasets``' imagefolder reads (a
+``file_name`` column relative to the metadata file's folder): ``load_dataset("imagefolder",
+data_dir=OUT)`` gives the images with every metadata column beside them.
+
+``webdataset``::
+
+    OUT/shards/<shard>.tar                  <sample>.<ext> and <sample>.json per ok row
+
+The tar is built in a (spooled) temporary file while the shard runs and written whole, with one
+storage write (a multipart upload when large), before the shard's metadata and marker. A row's
+``image`` metadata cell names its member: ``shards/<shard>.tar#<sample>.<ext>``. ``<sample>`` is
+the row's key with dots replaced (webdataset splits a member's name at its first dot).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import re
+import tarfile
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from .image_encoding import ImageFormat
+from .records import ResultRecord, record_json, records_to_table, table_to_parquet_bytes
+from .storage import Storage
+
+log = logging.getLogger(__name__)
+
+LAYOUT_NAMES = ("files", "webdataset")
+IMAGEFOLDER_METADATA = "metadata.parquet"
+SPOOL_BYTES = 256 * 1024 * 1024  # a shard's tar stays in memory up to this size, then spills to disk
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """What the images look like and where they go (part of the plan: a rerun must match)."""
+
+    layout: str = "files"
+    image: ImageFormat = field(default_factory=ImageFormat)
+
+    def __post_init__(self):
+        if self.layout not in LAYOUT_NAMES:
+            raise ValueError(f"unknown layout {self.layout!r}; choose one of {', '.join(LAYOUT_NAMES)}")
+
+
+class ShardWriter(Protocol):
+    def image_ref(self, key: str) -> str: ...
+    def add(self, record: ResultRecord, data: bytes) -> None: ...
+    def finish(self, records: list[ResultRecord]) -> None: ...
+    def close(self) -> None: ...
+
+
+def decode_problem(data: bytes, where: str, row_index: int) -> list[str]:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+    except Exception as exc:  # noqa: BLE001 - any decode failure is a problem to report
+        return [f"row {row_index}: image {where} does not decode: {exc}"]
+    return []
+
+
+# -- files --------------------------------------------------------------------------------------
+def imagefolder_metadata_path(shard: str) -> str:
+    return f"images/{shard}/{IMAGEFOLDER_METADATA}"
+
+
+def imagefolder_table(records: list[ResultRecord]) -> pa.Table:
+    """The ok rows as imagefolder reads them: ``file_name`` first, the metadata columns after
+    (``image`` dropped: imagefolder makes that column from ``file_name``). ``seed`` is a
+    decimal128(20, 0) here: datasets (5.2) builds its columns from Python ints through int64 and
+    fails on uint64 seeds of 2**63 and above, half of all derived seeds."""
+    table = records_to_table([r for r in records if r.status == "ok"]).drop_columns(["image"])
+    seed = table.schema.get_field_index("seed")
+    table = table.set_column(seed, "seed", table.column("seed").cast(pa.decimal128(20, 0)))
+    if "file_name" in table.column_names:  # a manifest column of that name would shadow ours
+        table = table.rename_columns(["manifest_file_name" if n == "file_name" else n for n in table.column_names])
+    names = pa.array([r.image.rsplit("/", 1)[1] for r in records if r.status == "ok"], pa.string())
+    return table.add_column(0, "file_name", names)
+
+
+# datasets infers splits from file names holding one of these words between separators: a key such
+# as "test-7" would put its image in a "test" split, away from its shard's metadata.parquet.
+_SPLIT_WORD = re.compile(r"(?:^|[-._ 0-9])(train|training|validation|valid|dev|val|test|testing|eval|evaluation)"
+                         r"(?:[-._ 0-9]|$)")
+
+
+def split_word_keys(keys: list[str]) -> list[str]:
+    """Keys whose file names make ``load_dataset("imagefolder", data_dir=OUT)`` infer splits."""
+    return [key for key in keys if _SPLIT_WORD.search(f"{key}.")]
+
+
+def warn_about_split_words(keys: list[str], layout: str) -> None:
+    clashing = split_word_keys(keys) if layout == "files" else []
+    if clashing:
+        log.warning("%d row id(s) such as %r hold a word datasets reads as a split name; load this output "
+                    "with load_dataset(\"imagefolder\", data_files={\"train\": \"OUT/images/**\"}), "
+                    "not data_dir=OUT", len(clashing), clashing[0])
+
+
+class FilesWriter:
+    def __init__(self, storage: Storage, shard: str, fmt: ImageFormat):
+        self.storage, self.shard, self.fmt = storage, shard, fmt
+
+    def image_ref(self, key: str) -> str:
+        return f"images/{self.shard}/{key}.{self.fmt.extension}"
+
+    def add(self, record: ResultRecord, data: bytes) -> None:
+        self.storage.write_bytes(record.image, data)
+
+    def finish(self, records: list[ResultRecord]) -> None:
+        if any(r.status == "ok" for r in records):
+            self.storage.write_bytes(imagefolder_metadata_path(self.shard),
+                                     table_to_parquet_bytes(imagefolder_table(records)))
+
+    def close(self) -> None:
+        pass
+
+
+class FilesLayout:
+    name = "files"
+    prefix = "images"
+
+    def writer(self, storage: Storage, shard: str, fmt: ImageFormat) -> FilesWriter:
+        return FilesWriter(storage, shard, fmt)
+
+    def check_shard(self, storage: Storage, shard: str, ok: list[dict]) -> tuple[list[str], set[str]]:
+        """Problems with a committed shard's images, and the paths it legitimately holds."""
+        problems: list[str] = []
+        known = {r["image"] for r in ok}
+        for record in ok:
+            path, row = record["image"], record["row_index"]
+            if not path or not storage.exists(path):
+                problems.append(f"row {row}: image {path} is missing")
+                continue
+            problems.extend(decode_problem(storage.read_bytes(path), path, row))
+        if ok:
+            meta = imagefolder_metadata_path(shard)
+            known.add(meta)
+            if not storage.exists(meta):
+                problems.append(f"shard {shard}: {meta} (the imagefolder metadata) is missing")
+            else:
+                listed = pq.read_table(io.BytesIO(storage.read_bytes(meta))).column("file_name").to_pylist()
+                expected = sorted(r["image"].rsplit("/", 1)[1] for r in ok)
+                if sorted(listed) != expected:
+                    problems.append(f"shard {shard}: {meta} does not list exactly the shard's ok images")
+        return problems, known
+
+
+# -- webdataset -------------------------------------------------------------------------------
+def tar_path(shard: str) -> str:
+    return f"shards/{shard}.tar"
+
+
+def sample_name(key: str) -> str:
+    """A webdataset sample key: no dots (a member's extension starts at its first dot); a key that
+    had dots gets a short hash of itself, so distinct keys stay distinct."""
+    if "." not in key:
+        return key
+    return f"{key.replace('.', '_')}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+
+
+class WebDatasetWriter:
+    """Appends each image and its JSON to one tar (thread safe), written whole at ``finish``."""
+
+    def __init__(self, storage: Storage, shard: str, fmt: ImageFormat):
+        self.storage, self.shard, self.fmt = storage, shard, fmt
+        self._file = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
+        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.PAX_FORMAT)
+        self._lock = threading.Lock()
+        self._failure: BaseException | None = None
+
+    def image_ref(self, key: str) -> str:
+        return f"{tar_path(self.shard)}#{sample_name(key)}.{self.fmt.extension}"
+
+    def _append(self, name: str, data: bytes, mtime: float) -> None:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = len(data), int(mtime), 0o644
+        self._tar.addfile(info, io.BytesIO(data))
+
+    def add(self, record: ResultRecord, data: bytes) -> None:
+        member = record.image.split("#", 1)[1]
+        sample = member.rsplit(".", 1)[0]
+        meta = record_json(record)
+        mtime = record.timestamp.timestamp() if record.timestamp else 0
+        with self._lock:
+            try:  # image and JSON next to each other: webdataset groups consecutive members
+                self._append(member, data, mtime)
+                self._append(f"{sample}.json", meta, mtime)
+            except BaseException as exc:
+                self._failure = exc  # the tar may now hold half a member: the shard must not commit
+                raise
+
+    def finish(self, records: list[ResultRecord]) -> None:
+        if self._failure is not None:
+            raise RuntimeError(f"shard {self.shard}: building {tar_path(self.shard)} failed: {self._failure}")
+        self._tar.close()
+        self._file.seek(0)
+        self.storage.write_fileobj(tar_path(self.shard), self._file)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class WebDatasetLayout:
+    name = "webdataset"
+    prefix = "shards"
+
+    def writer(self, storage: Storage, shard: str, fmt: ImageFormat) -> WebDatasetWriter:
+        return WebDatasetWriter(storage, shard, fmt)
+
+    def check_shard(self, storage: Storage, shard: str, ok: list[dict]) -> tuple[list[str], set[str]]:
+        path = tar_path(shard)
+        if not storage.exists(path):
+            return [f"shard {shard}: committed but {path} is missing"], set()
+        try:
+            with tarfile.open(fileobj=io.BytesIO(storage.read_bytes(path))) as tar:
+                members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+        except (tarfile.TarError, OSError) as exc:
+            return [f"shard {shard}: {path} is not a readable tar: {exc}"], {path}
+        problems: list[str] = []
+        expected: set[str] = set()
+        for record in ok:
+            ref, row = record["image"], record["row_index"]
+            tar_name, _, member = (ref or "").partition("#")
+            if tar_name != path or member not in members:
+                problems.append(f"row {row}: image {ref} is missing")
+                continue
+            sample = member.rsplit(".", 1)[0]
+            expected |= {member, f"{sample}.json"}
+            if f"{sample}.json" not in members:
+                problems.append(f"row {row}: {path} has no {sample}.json beside {member}")
+            problems.extend(decode_problem(members[member], ref, row))
+        problems.extend(f"stray member {path}#{name}: no ok metadata row refers to it"
+                        for name in sorted(set(members) - expected))
+        return problems, {path}
+
+
+LAYOUTS = {"files": FilesLayout(), "webdataset": WebDatasetLayout()}
+
+
+def layout_named(name: str) -> FilesLayout | WebDatasetLayout:
+    return LAYOUTS[name]

@@ -1,0 +1,63 @@
+"""The ``parameters`` text other Stable Diffusion tools write into images and read back (the
+AUTOMATIC1111 "infotext"), so an image opened anywhere tells how it was made::
+
+    a red fox
+    Negative prompt: blurry
+    Steps: 20, Sampler: Euler a, CFG scale: 7.5, Seed: 1234, Size: 512x512, Model: ..., Version: sdbatch 0.1.0
+
+The last line is ``key: value`` pairs; a value with a comma, colon or newline is JSON-quoted, as
+those tools quote it. The negative prompt line is left out when there is none.
+"""
+
+from __future__ import annotations
+
+import json
+
+from .records import ResultRecord
+
+# Our scheduler names -> the sampler names those tools use (diffusers documents the same mapping).
+SAMPLER_NAMES = {
+    "ddim": "DDIM",
+    "pndm": "PLMS",
+    "lms": "LMS",
+    "euler": "Euler",
+    "euler_a": "Euler a",
+    "heun": "Heun",
+    "dpmpp_2m": "DPM++ 2M",
+    "dpmpp_2m_karras": "DPM++ 2M Karras",
+    "unipc": "UniPC",
+}
+
+
+def quote(value) -> str:
+    text = str(value)
+    if any(ch in text for ch in ",:\n"):
+        return json.dumps(text, ensure_ascii=False)
+    return text
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+def infotext(record: ResultRecord) -> str:
+    """The ``parameters`` text for an ok row (its settings as actually used)."""
+    fields: list[tuple[str, object]] = [
+        ("Steps", record.steps),
+        ("Sampler", SAMPLER_NAMES.get(record.scheduler or "", record.scheduler)),
+        ("CFG scale", _number(record.guidance_scale)),
+        ("Seed", record.seed),
+        ("Size", f"{record.width}x{record.height}"),
+        ("Model", record.model),
+        ("Model revision", record.model_revision),
+    ]
+    if record.mode != "txt2img":
+        fields += [("Denoising strength", _number(record.strength)), ("Mode", record.mode)]
+    if record.sdbatch_version:
+        fields.append(("Version", f"sdbatch {record.sdbatch_version}"))
+    settings = ", ".join(f"{key}: {quote(value)}" for key, value in fields if value is not None)
+    lines = [record.prompt]
+    if record.negative_prompt:
+        lines.append(f"Negative prompt: {record.negative_prompt}")
+    lines.append(settings)
+    return "\n".join(lines)

@@ -1,0 +1,286 @@
+"""S3-compatible object stores (AWS S3, MinIO, Ceph RGW, Cloudflare R2) behind ``Storage``.
+
+boto3 does the work: its credential chain, its ``standard`` retry mode, its transfer manager
+(single put below ``StorageOptions.multipart_bytes``, a multipart upload above, aborted on
+failure). Request checksums are sent only when an operation requires one: since botocore 1.36 the
+default adds CRC checksums (and aws-chunked uploads) that several S3-compatible servers refuse.
+
+Object stores have no rename, so an object is atomic by itself: a put, or a multipart upload that
+is visible only once completed. A multipart upload that a killed process never completed is
+invisible; ``partial_writes`` lists those and ``discard_partial_writes`` aborts them.
+
+Manifests are read by pyarrow; ``dataset_location`` gives it an ``S3FileSystem`` configured from
+the same options and with the credentials boto3's chain resolved.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+from .storage import StorageError, StorageOptions
+
+log = logging.getLogger(__name__)
+
+NOT_FOUND = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
+NO_CREDENTIALS = ("no AWS credentials found (boto3 looks in AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+                  "AWS_PROFILE and ~/.aws, then the instance or pod role)")
+
+
+@dataclass(frozen=True)
+class S3Location:
+    bucket: str
+    key: str  # without a leading or trailing "/"; "" for the bucket's root
+
+    @classmethod
+    def parse(cls, uri: str) -> "S3Location":
+        if not uri.startswith("s3://"):
+            raise StorageError(f"{uri}: not an s3:// URI")
+        bucket, _, key = uri[len("s3://"):].partition("/")
+        if not bucket:
+            raise StorageError(f"{uri}: no bucket name (expected s3://bucket/prefix)")
+        return cls(bucket, key.strip("/"))
+
+    def child(self, relpath: str) -> "S3Location":
+        relpath = relpath.strip("/")
+        return S3Location(self.bucket, f"{self.key}/{relpath}" if self.key else relpath)
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}" if self.key else f"s3://{self.bucket}"
+
+
+def endpoint_url(options: StorageOptions) -> str | None:
+    """The endpoint: the option, else the standard environment variables (as boto3 reads them)."""
+    return options.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+def client_config(options: StorageOptions) -> Config:
+    return Config(
+        retries={"mode": "standard", "total_max_attempts": options.retries + 1},
+        s3={"addressing_style": "path" if options.path_style else "auto"},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        max_pool_connections=32,  # encode threads and transfer-manager threads share one client
+    )
+
+
+def transfer_config(options: StorageOptions) -> TransferConfig:
+    # parts of at least the threshold (and S3's 5 MiB minimum), a few uploading at once
+    part = max(options.multipart_bytes, 5 * 1024 * 1024)
+    return TransferConfig(multipart_threshold=options.multipart_bytes, multipart_chunksize=part,
+                          max_concurrency=4)
+
+
+_clients: dict[StorageOptions, object] = {}
+_clients_lock = threading.Lock()
+
+
+def s3_client(options: StorageOptions):
+    """One client per process and options (boto3 clients are thread safe; sessions are not)."""
+    with _clients_lock:
+        if options not in _clients:
+            session = boto3.session.Session()
+            _clients[options] = session.client("s3", endpoint_url=endpoint_url(options),
+                                               config=client_config(options))
+        return _clients[options]
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+@contextmanager
+def reporting(action: str, where: str):
+    """botocore errors -> StorageError naming the object, the action and the cause."""
+    try:
+        yield
+    except NoCredentialsError:
+        raise StorageError(f"{where}: cannot {action}: {NO_CREDENTIALS}") from None
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        cause = " ".join(filter(None, [str(error.get("Code", "")), str(error.get("Message", ""))]))
+        raise StorageError(f"{where}: cannot {action}: {cause or exc}") from None
+    except BotoCoreError as exc:
+        raise StorageError(f"{where}: cannot {action}: {exc}") from None
+
+
+def read_object(uri: str, options: StorageOptions) -> bytes:
+    """The whole object; FileNotFoundError when there is none."""
+    where = S3Location.parse(uri)
+    client = s3_client(options)
+    with reporting("read", where.uri):
+        try:
+            return client.get_object(Bucket=where.bucket, Key=where.key)["Body"].read()
+        except ClientError as exc:
+            if _error_code(exc) in NOT_FOUND:
+                raise FileNotFoundError(where.uri) from None
+            raise
+
+
+class S3Storage:
+    """``s3://bucket/prefix`` as a ``Storage``: relative paths are keys under the prefix."""
+
+    def __init__(self, root: str, options: StorageOptions):
+        self.location = S3Location.parse(root)
+        self.root = self.location.uri
+        self.options = options
+
+    @property
+    def _client(self):
+        return s3_client(self.options)
+
+    def _at(self, relpath: str) -> S3Location:
+        return self.location.child(relpath)
+
+    def write_bytes(self, relpath: str, data: bytes) -> None:
+        if len(data) >= self.options.multipart_bytes:
+            self.write_fileobj(relpath, io.BytesIO(data))
+            return
+        where = self._at(relpath)
+        with reporting("write", where.uri):
+            self._client.put_object(Bucket=where.bucket, Key=where.key, Body=data)
+
+    def write_fileobj(self, relpath: str, source: BinaryIO) -> None:
+        """One put, or a multipart upload (large objects): the object appears whole or not at all."""
+        where = self._at(relpath)
+        with reporting("write", where.uri):
+            self._client.upload_fileobj(source, where.bucket, where.key, Config=transfer_config(self.options))
+
+    def read_bytes(self, relpath: str) -> bytes:
+        return read_object(self._at(relpath).uri, self.options)
+
+    def exists(self, relpath: str) -> bool:
+        where = self._at(relpath)
+        with reporting("look up", where.uri):
+            try:
+                self._client.head_object(Bucket=where.bucket, Key=where.key)
+                return True
+            except ClientError as exc:
+                if _error_code(exc) in NOT_FOUND:
+                    return False
+                raise
+
+    def _relative(self, key: str) -> str:
+        return key[len(self.location.key) + 1:] if self.location.key else key
+
+    def list(self, prefix: str) -> list[str]:
+        where = self._at(prefix)
+        paginator = self._client.get_paginator("list_objects_v2")
+        keys: list[str] = []
+        with reporting("list", where.uri):
+            for page in paginator.paginate(Bucket=where.bucket, Prefix=f"{where.key}/"):
+                keys.extend(self._relative(item["Key"]) for item in page.get("Contents", []))
+        return sorted(keys)
+
+    def delete(self, relpath: str) -> None:
+        where = self._at(relpath)
+        with reporting("delete", where.uri):
+            self._client.delete_object(Bucket=where.bucket, Key=where.key)
+
+    def url(self, relpath: str) -> str:
+        return self._at(relpath).uri
+
+    def check(self) -> None:
+        """A clear error now (missing bucket, no credentials, no access) rather than mid-job."""
+        bucket = self.location.bucket
+        endpoint = endpoint_url(self.options) or "AWS"
+        try:
+            self._client.head_bucket(Bucket=bucket)
+        except NoCredentialsError:
+            raise StorageError(f"{self.root}: {NO_CREDENTIALS}") from None
+        except ClientError as exc:
+            code = _error_code(exc)
+            if code in NOT_FOUND:
+                raise StorageError(f"{self.root}: bucket {bucket!r} does not exist at {endpoint}") from None
+            if code in ("403", "AccessDenied", "Forbidden"):
+                raise StorageError(f"{self.root}: access to bucket {bucket!r} at {endpoint} denied "
+                                   "(check the credentials and their permissions)") from None
+            raise StorageError(f"{self.root}: cannot reach bucket {bucket!r} at {endpoint}: {code} {exc}") from None
+        except BotoCoreError as exc:
+            raise StorageError(f"{self.root}: cannot reach {endpoint}: {exc}") from None
+
+    def _uploads(self) -> list[dict]:
+        prefix = f"{self.location.key}/" if self.location.key else ""
+        paginator = self._client.get_paginator("list_multipart_uploads")
+        uploads: list[dict] = []
+        with reporting("list multipart uploads", self.root):
+            for page in paginator.paginate(Bucket=self.location.bucket, Prefix=prefix):
+                uploads.extend(page.get("Uploads", []))
+        return uploads
+
+    def partial_writes(self) -> list[str]:
+        """Multipart uploads started and never completed (nor aborted): not objects, but storage."""
+        return sorted(self._relative(upload["Key"]) for upload in self._uploads())
+
+    def discard_partial_writes(self) -> int:
+        uploads = self._uploads()
+        for upload in uploads:
+            with reporting("abort a multipart upload", f"s3://{self.location.bucket}/{upload['Key']}"):
+                self._client.abort_multipart_upload(Bucket=self.location.bucket, Key=upload["Key"],
+                                                    UploadId=upload["UploadId"])
+        return len(uploads)
+
+
+# -- pyarrow (manifests) -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class DatasetLocation:
+    """Where ``pyarrow.dataset.dataset`` reads: a path and the filesystem it is on (None: local)."""
+
+    source: str
+    filesystem: object | None = None
+
+
+def pyarrow_s3(options: StorageOptions):
+    """A pyarrow ``S3FileSystem`` like our boto3 client: same endpoint, addressing, retries, and
+    the credentials boto3's chain finds (passed in memory only)."""
+    from pyarrow import fs
+
+    session = boto3.session.Session()
+    kwargs: dict = {}
+    credentials = session.get_credentials()
+    if credentials is not None:
+        frozen = credentials.get_frozen_credentials()
+        kwargs.update(access_key=frozen.access_key, secret_key=frozen.secret_key,
+                      session_token=frozen.token)
+    if session.region_name:
+        kwargs["region"] = session.region_name
+    endpoint = endpoint_url(options)
+    if endpoint:
+        kwargs["endpoint_override"] = endpoint
+    if options.path_style:
+        kwargs["force_virtual_addressing"] = False
+    return fs.S3FileSystem(retry_strategy=fs.AwsStandardS3RetryStrategy(max_attempts=options.retries + 1),
+                           **kwargs)
+
+
+def dataset_location(path: str, options: StorageOptions) -> DatasetLocation:
+    """``s3://bucket/key`` -> ("bucket/key", S3FileSystem); anything else is read as it is."""
+    path = str(path)
+    if not path.startswith("s3://"):
+        return DatasetLocation(path)
+    where = S3Location.parse(path)
+    return DatasetLocation(f"{where.bucket}/{where.key}".rstrip("/"), pyarrow_s3(options))
+
+
+def s3_folder_of(path: str, options: StorageOptions) -> str:
+    """The folder an ``s3://`` manifest sits in (the URI itself when it names a folder of files),
+    against which its relative image paths resolve."""
+    from pyarrow import fs
+
+    location = dataset_location(path, options)
+    where = S3Location.parse(path)
+    if location.filesystem.get_file_info(location.source).type == fs.FileType.Directory:
+        return where.uri
+    parent = where.key.rpartition("/")[0]
+    return S3Location(where.bucket, parent).uri
