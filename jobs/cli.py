@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys
-import time
 
 import click
 
