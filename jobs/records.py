@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import pyarrow as pa
@@ -58,12 +58,7 @@ class ResultRecord:
     diffusers_version: str | None = None
     torch_version: str | None = None
     device_name: str | None = None  # e.g. "NVIDIA H100 80GB HBM3", or the CPU's model name
-    init_image_sha256: str | None = None
-    mask_image_sha256: str | None = None
-    depth_map_sha256: str | None = None
-    init_image_width: int | None = None
-    init_image_height: int | None = None
-    init_image_resized: bool | None = None
+    trace: InputTrace = field(default_factory=InputTrace)  # written as its own columns
     extras: tuple[tuple[str, Any], ...] = field(default=())
 
     @classmethod
@@ -74,8 +69,8 @@ class ResultRecord:
             height=row.height, scheduler=row.scheduler, model=row.model, mode=row.mode,
             strength=row.strength if row.mode != "txt2img" else None, row_index=row.row_index,
             shard=shard, extras=row.extras, status="ok", error=None, image=None,
+            trace=trace or InputTrace(),
         )
-        base.update(asdict(trace or InputTrace()))
         base.update(kw)
         return cls(**base)
 
@@ -98,8 +93,15 @@ METADATA_SCHEMA = pa.schema([
 _RESERVED = set(METADATA_SCHEMA.names)
 
 
+_TRACE_COLUMNS = {f.name for f in fields(InputTrace)}
+
+
+def _column(record: ResultRecord, name: str):
+    return getattr(record.trace if name in _TRACE_COLUMNS else record, name)
+
+
 def records_to_table(records: list[ResultRecord]) -> pa.Table:
-    columns = {name: [getattr(r, name) for r in records] for name in METADATA_SCHEMA.names}
+    columns = {name: [_column(r, name) for r in records] for name in METADATA_SCHEMA.names}
     table = pa.table(columns, schema=METADATA_SCHEMA)
     extra_names = [name for name, _ in records[0].extras] if records else []
     for i, name in enumerate(extra_names):
