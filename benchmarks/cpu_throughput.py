@@ -61,7 +61,7 @@ def baseline_stock_loop(model: str, manifest: Path, rows: int, out: Path) -> dic
 
 def sdbatch_run(model: str, manifest: Path, out: Path, *args: str) -> dict:
     started = time.perf_counter()
-    cmd = [sys.executable, "-m", "sdbatch.jobs.cli", "run", str(manifest), "--model", model,
+    cmd = [sys.executable, "-m", "sdbatch.cli", "run", str(manifest), "--model", model,
            "--out", str(out), "--device", "cpu", *args]
     result = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - started
@@ -74,7 +74,7 @@ def sdbatch_run(model: str, manifest: Path, out: Path, *args: str) -> dict:
         "wall_rows_per_s": round(summary["generated"] / wall, 3),
         "steady_seconds": summary["generation_seconds"],
         "steady_rows_per_s": summary["generation_images_per_second"],
-        "per_actor": summary["per_actor"],
+        "per_worker": summary["per_worker"],
     }
 
 

@@ -93,7 +93,7 @@ def measure(command: list[str]) -> dict:
 
 
 def sdbatch_command() -> list[str]:
-    return [sys.executable, "-c", "from sdbatch.jobs.cli import main; main()"]
+    return [sys.executable, "-c", "from sdbatch.cli.main import main; main()"]
 
 
 def run(rows: int, folder: Path) -> dict:

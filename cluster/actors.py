@@ -1,65 +1,67 @@
-"""The Ray actor that holds loaded pipelines on one GPU (or a share of the CPUs) and runs shards."""
+"""The Ray actor that holds loaded pipelines on one GPU (or a share of the CPUs) and runs shards.
+
+Its constructor loads every model of the job once. A model that cannot load does not raise there
+(Ray would print the constructor's traceback and mark the actor dead): ``ready()`` reports the
+error instead, so the driver refuses the job with the same one line the local executor gives.
+``run_shard`` is a streaming generator: the worker's progress after every batch, then the commit
+marker; Ray re-runs it on the restarted actor when the actor dies (``max_task_retries``).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import socket
+import time
 from dataclasses import dataclass
-
-import torch
-
-from sdbatch.jobs.storage import open_storage
-from sdbatch.jobs.worker import ShardStats, ShardWorker, WorkerConfig
-from sdbatch.pipeline.loading import quiet_libraries
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class ActorInfo:
+class ActorReady:
     name: str
     pid: int
     host: str
     device: str
+    node_id: str
+    error: str | None = None  # the models could not load: why, in one line
+    load_seconds: float = 0.0
 
 
 class GeneratorActor:
-    """Loads every model of the job once, at start, and keeps them; then runs shard after shard."""
+    def __init__(self, name: str, out_root: str, config, models: list[str], threads: int, verbose: bool = False):
+        logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
+        if not verbose:  # transformers warns about optional packages as it is imported
+            os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        from sdbatch.jobs.outdir import OutputFolder
+        from sdbatch.jobs.storage import open_storage
+        from sdbatch.jobs.worker import ShardWorker
+        from sdbatch.pipeline.loading import quiet_libraries
+        from sdbatch.pipeline.model_files import ModelLoadError
 
-    def __init__(self, name: str, out_root: str, config: WorkerConfig, models: list[str],
-                 threads: int, progress=None):
-        logging.basicConfig(level=logging.WARNING)
-        quiet_libraries()
+        import torch
+
+        if not verbose:
+            quiet_libraries()
         torch.set_num_threads(max(1, threads))  # a CPU actor uses its share of the cores, no more
         self.name = name
-        self.progress = progress
-        self.worker = ShardWorker(open_storage(out_root, config.storage), config, name=name)
-        self.worker.load(models)
+        self.error: str | None = None
+        started = time.perf_counter()
+        # the worker's name tells incarnations apart: a restarted actor reports under a new pid
+        self.worker = ShardWorker(OutputFolder(open_storage(out_root, config.s3)), config,
+                                  name=f"{name}@{socket.gethostname()}:{os.getpid()}")
+        try:
+            self.worker.load(models)
+        except ModelLoadError as exc:
+            self.error = str(exc)
+        self.load_seconds = time.perf_counter() - started
 
-    def info(self) -> ActorInfo:
-        device = next(iter(self.worker._engines.values())).device if self.worker._engines else "?"
-        return ActorInfo(self.name, os.getpid(), socket.gethostname(), str(device))
+    def ready(self) -> ActorReady:
+        import ray
 
-    def run_shard(self, shard: str, rows) -> ShardStats:
-        def report(done: int, failed: int) -> None:
-            if self.progress is not None:
-                self.progress.add.remote(shard, done, failed)
+        return ActorReady(self.name, os.getpid(), socket.gethostname(), self.worker.device,
+                          ray.get_runtime_context().get_node_id(), self.error, round(self.load_seconds, 3))
 
-        return self.worker.run_shard(shard, list(rows), on_rows=report)
-
-
-class ProgressCounter:
-    """Rows done per shard, reported by actors after every batch and polled by the driver."""
-
-    def __init__(self):
-        self.pending: dict[str, list[int]] = {}
-
-    def add(self, shard: str, rows: int, failed: int) -> None:
-        entry = self.pending.setdefault(shard, [0, 0])
-        entry[0] += rows
-        entry[1] += failed
-
-    def take(self) -> dict[str, list[int]]:
-        out, self.pending = self.pending, {}
-        return out
+    def run_shard(self, shard: str, job_id: str):
+        yield from self.worker.run_shard(shard, job_id)

@@ -1,28 +1,33 @@
-"""The driver: manifest -> plan -> resume check -> executor -> summary.
+"""The driver: manifest -> plan (validated, in Arrow) -> models checked -> resume check -> executor
+-> summary. Everything ``sdbatch run`` does between parsing its options and choosing an exit code.
 
-Everything `sdbatch run` does between parsing its options and choosing an exit code.
+The executor is given, not chosen, here (``ExecutorFactory``): the CLI composes the job layer with
+the local executor or with ``sdbatch.cluster``'s Ray executor, so jobs never imports cluster.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field, replace
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
 
-from sdbatch.manifests.reader import load_manifest
-from sdbatch.pipeline.loading import model_fingerprint
-from sdbatch.pipeline.tiny import resolve_builtin_model
+from sdbatch.manifests.problems import ManifestError
+from sdbatch.manifests.source import open_manifest
+from sdbatch.pipeline.model_files import locate_model
 
-from .executor import ExecutorConfig, ShardTask
-from .job import (PLAN_PATH, SUMMARY_PATH, JobPlan, OutputOptions, clear_outputs, committed_shards,
-                  make_plan, read_plan)
+from .executor import ExecutionResult, Executor, ExecutorStopped, ShardTracker
 from .layouts import warn_about_split_words
+from .outdir import DamagedOutput, JobPlan, OutputFolder, OutputOptions
+from .planning import ShardPlanner, plan_manifest
 from .progress import Progress
-from .storage import LocalStorage, Storage, StorageError, open_storage
-from .worker import ShardStats, WorkerConfig
+from .storage import StorageError, open_storage
+from .worker_config import WorkerConfig
 
 log = logging.getLogger(__name__)
+
+__all__ = ["JobRefused", "ManifestError", "RunRequest", "Summary", "run_job"]
 
 
 class JobRefused(RuntimeError):
@@ -35,134 +40,153 @@ class RunRequest:
     out: str
     model: str  # as given: a hub id, a folder, or a built-in name such as "tiny"
     worker: WorkerConfig
-    executor: ExecutorConfig
     shard_size: int = 1000
     overwrite: bool = False
+    labels: Sequence[str] = ()  # manifest columns declared labels (never read as a misspelt column)
+
+
+# (the output folder, the models the job's rows name) -> the executor that runs its shards
+ExecutorFactory = Callable[[OutputFolder, list[str]], Executor]
 
 
 @dataclass
 class Summary:
-    rows: int
+    rows: int  # distinct rows planned
     ok: int
     failed: int
     skipped: int  # rows of shards committed by an earlier run
-    generated: int  # rows run by this run
-    wall_seconds: float
-    images_per_second: float  # rows run by this run / wall time (start-up and model loads included)
-    generation_seconds: float  # from workers ready (models loaded) to the last shard committed
-    generation_images_per_second: float
+    generated: int  # rows committed by this run
+    wall_seconds: float  # the whole run, start-up included
+    planning_seconds: float  # reading, validating and planning the manifest
+    startup_seconds: float  # from the plan to the first worker ready (Ray, model loads, compiles)
+    generation_seconds: float  # from the first worker ready to the end
+    images_per_second: float  # rows committed by this run / wall time
+    generation_images_per_second: float  # rows committed by this run / generation time
     executor: str
     duplicate_rows: int = 0  # manifest rows equal to an earlier row, generated once with it
-    per_actor: dict[str, dict] = field(default_factory=dict)
+    per_worker: dict[str, dict] = field(default_factory=dict)
+    failed_shards: list[dict] = field(default_factory=list)  # shards left uncommitted, and why
+    stopped: str | None = None  # why the executor stopped before the end (every actor died, ...)
     interrupted: bool = False
 
+    @property
+    def incomplete(self) -> int:
+        return self.rows - self.ok - self.failed
+
     def line(self) -> str:
-        return (f"{self.ok} ok, {self.failed} failed of {self.rows} rows ({self.skipped} already done) "
-                f"in {self.wall_seconds:.1f}s, {self.images_per_second:.2f} img/s")
+        return (f"{self.ok:,} ok, {self.failed:,} failed of {self.rows:,} rows ({self.skipped:,} already done) "
+                f"in {self.wall_seconds:.1f}s ({self.startup_seconds + self.planning_seconds:.1f}s start-up), "
+                f"{self.generation_images_per_second:.2f} img/s generating")
 
 
-def _resolve_builtin_models(rows):
-    """Per-row ``model`` cells may name the built-in tiny models too (``tiny``, ``tiny:inpaint``)."""
-    resolved = {m: resolve_builtin_model(m) for m in {r.model for r in rows}}
-    if all(k == v for k, v in resolved.items()):
-        return rows
-    return [replace(r, model=resolved[r.model]) for r in rows]
-
-
-def _prepare_plan(request: RunRequest, storage: Storage):
-    loaded = load_manifest(request.manifest, default_model=request.model, storage=request.worker.storage)
-    rows = _resolve_builtin_models(loaded.rows)
-    models = sorted({r.model for r in rows})
+def _plan(request: RunRequest, folder: OutputFolder, staging) -> tuple[JobPlan, ShardPlanner]:
+    planned = plan_manifest(open_manifest(request.manifest, request.worker.s3), request.model, request.shard_size,
+                            staging)
+    planner, shards = planned.planner, planned.shards
+    for note in planned.report.notes:
+        log.warning("%s: %s", request.manifest, note)
+    warn_about_split_words(planner.split_word_ids, planner.split_word_count, request.worker.output.layout)
+    models = {name: locate_model(name).fingerprint for name in sorted(planner.models)}
     output = request.worker.output
-    options = OutputOptions(model=request.model, dtype=request.worker.dtype or "auto",
-                            shard_size=request.shard_size, layout=output.layout,
-                            image_format=output.image.name, quality=output.image.effective_quality)
-    plan = make_plan(rows, request.manifest, options, {m: model_fingerprint(m) for m in models})
-    warn_about_split_words([r.key for r in rows], request.worker.output.layout)
-    previous = read_plan(storage)
-    if previous is not None:
-        changed = previous.differences(plan)
-        if changed and not request.overwrite:
-            raise JobRefused(
-                f"{request.out} holds a different job: {'; '.join(changed)} changed. "
-                "Use another --out, or --overwrite to replace it."
-            )
-        if changed:
-            log.warning("--overwrite: removing the earlier job's outputs in %s", request.out)
-            clear_outputs(storage)
-    discarded = storage.discard_partial_writes()  # a killed run's unfinished writes
-    if discarded:
-        log.info("discarded %d unfinished write(s) of an earlier run", discarded)
-    storage.write_bytes(PLAN_PATH, plan.to_json().encode())
-    return rows, plan, loaded.report.duplicate_rows
+    options = OutputOptions(dtype=request.worker.dtype or "auto", shard_size=request.shard_size,
+                            layout=output.layout, image_format=output.image.name,
+                            quality=output.image.effective_quality)
+    plan = JobPlan(options=options, manifest=request.manifest, fingerprint=planner.fingerprint, models=models,
+                   rows=planned.rows, shards=shards, duplicate_rows=planned.report.duplicate_rows)
+    return plan, planner
 
 
-def _executor(request: RunRequest, storage: Storage, plan: JobPlan):
-    if request.executor.kind == "local":
-        from .local import LocalExecutor
-
-        return LocalExecutor(storage, request.worker, sorted(plan.models)), None
-    from sdbatch.cluster.connect import connect
-    from sdbatch.cluster.pool import RayExecutor
-
-    info = connect(request.executor.address)
-    if info.nodes > 1 and isinstance(storage, LocalStorage) and not request.executor.shared_fs:
+def _adopt(request: RunRequest, folder: OutputFolder, plan: JobPlan) -> bool:
+    """Make ``plan`` OUT's job; returns whether OUT already held it (a resume)."""
+    try:
+        previous = folder.read_plan()
+    except DamagedOutput as exc:
+        if not request.overwrite:
+            raise JobRefused(str(exc)) from None
+        previous = None
+        folder.clear()
+    if previous is None:
+        return False
+    changed = previous.differences(plan)
+    if not changed:
+        return True
+    committed = folder.committed(previous.job_id)
+    if committed and not request.overwrite:
         raise JobRefused(
-            f"the Ray cluster has {info.nodes} nodes and --out {request.out} is a local path: each node "
-            "would write to its own disk. Use an s3:// --out, or pass --shared-fs if the path is on a "
-            "filesystem every node mounts."
-        )
-    return RayExecutor(storage, request.worker, request.executor, info, sorted(plan.models)), info
+            f"{request.out} holds a different job ({len(committed):,} shards done): {'; '.join(changed)} changed. "
+            "Use another --out, or --overwrite to replace it.")
+    if committed:
+        log.warning("--overwrite: removing the earlier job's outputs in %s", request.out)
+    else:
+        log.info("replacing the earlier plan in %s (it had no shard done)", request.out)
+    folder.clear()
+    return False
 
 
-def run_job(request: RunRequest) -> Summary:
+def _publish_inputs(folder: OutputFolder, plan: JobPlan, planner: ShardPlanner) -> None:
+    """Each shard's input rows into OUT, once (a resumed job's are there already)."""
+    present = folder.shards_with_inputs()
+    missing = [s.name for s in plan.shards if s.name not in present]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        for _ in pool.map(lambda name: folder.move_inputs_in(name, planner.staged_file(name)), missing):
+            pass
+
+
+def run_job(request: RunRequest, make_executor: ExecutorFactory, executor_name: str = "local") -> Summary:
     started = time.perf_counter()
     try:
-        storage = open_storage(request.out, request.worker.storage)
+        storage = open_storage(request.out, request.worker.s3)
         storage.check()
+        storage.discard_partial_writes()  # a killed run's unfinished writes and plans
     except StorageError as exc:
         raise JobRefused(f"--out {exc}") from None
-    rows, plan, duplicate_rows = _prepare_plan(request, storage)
-    done = committed_shards(storage)
-    by_index = {r.row_index: r for r in rows}
-    tasks = [ShardTask(s.name, tuple(by_index[i] for i in s.row_indices))
-             for s in plan.shards if s.name not in done]
-    skipped = sum(s.rows for s in done.values())
-    progress = Progress(total=plan.rows, already_done=skipped)
-    progress.add_failed(sum(s.failed for s in done.values()))
-    interrupted = False
-    new: list[ShardStats] = []
-    executor = None
+    folder = OutputFolder(storage)
+    staging = storage.staging_folder()
     try:
-        executor, _ = _executor(request, storage, plan) if tasks else (None, None)
-        if executor is not None:
-            new = executor.run(tasks, progress)
+        plan, planner = _plan(request, folder, staging)
+        resumed = _adopt(request, folder, plan)
+        _publish_inputs(folder, plan, planner)
+        folder.write_plan(plan)
+    except StorageError as exc:
+        raise JobRefused(f"--out {exc}") from None
+    finally:
+        storage.discard_staging(staging)
+    planned = time.perf_counter()
+    done = folder.committed(plan.job_id)
+    todo = [s.name for s in plan.shards if s.name not in done]
+    skipped = sum(s.rows for s in done.values())
+    log.info("planned %s row(s) in %s shard(s) in %.1fs%s", f"{plan.rows:,}", f"{len(plan.shards):,}",
+             planned - started, f"; {skipped:,} rows already done" if resumed else "")
+    if plan.duplicate_rows:
+        log.info("%s exact duplicate rows: each distinct row is generated once", f"{plan.duplicate_rows:,}")
+    progress = Progress(total=plan.rows, already_done=skipped, already_failed=sum(s.failed for s in done.values()))
+    result = ExecutionResult()
+    interrupted, stopped = False, None
+    try:
+        if todo:
+            executor = make_executor(folder, sorted(plan.models))
+            executor.run(todo, plan.job_id, ShardTracker(progress, result))
     except KeyboardInterrupt:
         interrupted = True
+    except ExecutorStopped as exc:
+        stopped = str(exc)
+        log.error("%s", exc)
     finally:
         progress.close()
-        if request.executor.kind == "ray" and tasks:
-            from sdbatch.cluster.connect import disconnect
-
-            disconnect()
-    ended = time.perf_counter()
-    ready_at = getattr(executor, "ready_at", None)
-    generation = ended - ready_at if ready_at else 0.0
-    summary = _summarise(plan, storage, new, skipped, ended - started, generation, request, interrupted)
-    summary.duplicate_rows = duplicate_rows
-    storage.write_bytes(SUMMARY_PATH, json.dumps(asdict(summary), indent=1).encode())
+    summary = _summarise(folder, plan, result, skipped, started, planned, executor_name, interrupted)
+    summary.stopped = stopped
+    folder.write_summary(asdict(summary))
     return summary
 
 
-def _summarise(plan, storage, new, skipped, wall, generation, request, interrupted) -> Summary:
-    committed = committed_shards(storage)
-    per_actor: dict[str, dict] = {}
-    for stats in new:
-        entry = per_actor.setdefault(stats.worker, {"shards": 0, "rows": 0, "seconds": 0.0})
-        entry["shards"] += 1
-        entry["rows"] += stats.rows
-        entry["seconds"] = round(entry["seconds"] + stats.seconds, 3)
-    generated = sum(s.rows for s in new)
+def _summarise(folder: OutputFolder, plan: JobPlan, result: ExecutionResult, skipped: int, started: float,
+               planned: float, executor: str, interrupted: bool) -> Summary:
+    ended = time.perf_counter()
+    committed = folder.committed(plan.job_id)
+    generated = sum(s.rows for s in result.committed)
+    ready = result.ready_at or ended
+    generation = ended - ready
+    wall = ended - started
     return Summary(
         rows=plan.rows,
         ok=sum(s.ok for s in committed.values()),
@@ -170,10 +194,14 @@ def _summarise(plan, storage, new, skipped, wall, generation, request, interrupt
         skipped=skipped,
         generated=generated,
         wall_seconds=round(wall, 3),
-        images_per_second=round(generated / wall, 3) if wall > 0 else 0.0,
+        planning_seconds=round(planned - started, 3),
+        startup_seconds=round(ready - planned, 3),
         generation_seconds=round(generation, 3),
+        images_per_second=round(generated / wall, 3) if wall > 0 else 0.0,
         generation_images_per_second=round(generated / generation, 3) if generation > 0 else 0.0,
-        executor=request.executor.kind,
-        per_actor=per_actor,
+        executor=executor,
+        duplicate_rows=plan.duplicate_rows,
+        per_worker={name: asdict(stats) for name, stats in result.workers.items()},
+        failed_shards=[asdict(f) for f in result.failures],
         interrupted=interrupted,
     )

@@ -17,7 +17,9 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .storage import StorageError, StorageOptions, is_s3_uri
+from sdbatch.manifests.remote import S3Options, is_s3_uri
+
+from .storage import StorageError
 
 
 class ImageCellError(ValueError):
@@ -42,7 +44,7 @@ def _local_path(cell: str) -> Path:
     return Path(unquote(uri.path))
 
 
-def _read_s3(uri: str, storage: StorageOptions) -> bytes:
+def _read_s3(uri: str, storage: S3Options) -> bytes:
     from .s3 import read_object
 
     try:
@@ -53,7 +55,7 @@ def _read_s3(uri: str, storage: StorageOptions) -> bytes:
         raise ImageCellError(str(exc)) from None
 
 
-def read_cell_bytes(cell: str | bytes, storage: StorageOptions = StorageOptions()) -> bytes:
+def read_cell_bytes(cell: str | bytes, storage: S3Options = S3Options()) -> bytes:
     if isinstance(cell, bytes):
         return cell
     if is_s3_uri(cell):
@@ -82,7 +84,7 @@ def decode_image(data: bytes, source: str) -> Image.Image:
     return ImageOps.exif_transpose(image)
 
 
-def load_cell_image(cell: str | bytes, storage: StorageOptions = StorageOptions()) -> CellImage:
+def load_cell_image(cell: str | bytes, storage: S3Options = S3Options()) -> CellImage:
     data = read_cell_bytes(cell, storage)
     if isinstance(cell, bytes):
         source = "the cell's bytes"

@@ -27,35 +27,28 @@ import numpy as np
 from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
 
-from sdbatch.manifests.schema import IMAGE_COLUMNS, GenerationRow
-from sdbatch.pipeline.batch import DEFAULT_STRENGTH, IMAGE_MODES, MODES, BatchSettings, RowInput
+from sdbatch.manifests.remote import S3Options
+from sdbatch.manifests.schema import IMAGE_COLUMNS, IMAGE_MODES, MODE_IMAGES, MODE_OPTIONAL_IMAGES, MODES, GenerationRow
+from sdbatch.pipeline.batch import BatchSettings, RowInput
 from sdbatch.pipeline.loading import LoadedModel
 from sdbatch.pipeline.modes import ModeError, check_model_supports, strength_steps
 from sdbatch.pipeline.schedulers import SCHEDULER_NAMES
 
 from .image_cells import CellImage, ImageCellError, depth_values, load_cell_image
 from .records import InputTrace
-from .storage import StorageOptions
 
 log = logging.getLogger(__name__)
 
-# The image columns each mode reads; the others must be empty.
-MODE_COLUMNS: dict[str, tuple[str, ...]] = {
-    "txt2img": (),
-    "img2img": ("init_image",),
-    "inpaint": ("init_image", "mask_image"),
-    "depth2img": ("init_image", "depth_map"),
-}
-OPTIONAL_COLUMNS = {"depth_map"}  # depth2img estimates the depth map when none is given
-
 
 class InputError(ValueError):
-    """One row's input that cannot run: which column, and why."""
+    """One row's input that cannot run: which column, why, and what kind of error it is (see
+    ``records.ERROR_KINDS``: the row's own input, its model, or the storage it was read from)."""
 
-    def __init__(self, column: str, cause: str):
+    def __init__(self, column: str, cause: str, kind: str = "input"):
         super().__init__(f"column {column}: {cause}")
         self.column = column
         self.cause = cause
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -75,6 +68,7 @@ class FailedRow:
     row: GenerationRow
     error: str
     trace: InputTrace
+    kind: str = "input"
 
 
 @dataclass(frozen=True)
@@ -109,13 +103,13 @@ def describe(row: GenerationRow, exc: InputError) -> str:
 def check_columns(row: GenerationRow) -> None:
     if row.mode not in MODES:
         raise InputError("mode", f"unknown mode {row.mode!r}; choose one of {', '.join(MODES)}")
-    used = MODE_COLUMNS[row.mode]
+    needed, optional = MODE_IMAGES[row.mode], MODE_OPTIONAL_IMAGES.get(row.mode, ())
     for column in IMAGE_COLUMNS:
         given = getattr(row, column) is not None
-        if given and column not in used:
-            users = [m for m, cols in MODE_COLUMNS.items() if column in cols]
+        if given and column not in needed + optional:
+            users = [m for m in MODES if column in MODE_IMAGES[m] + MODE_OPTIONAL_IMAGES.get(m, ())]
             raise InputError(column, f"given, but mode {row.mode} does not use it (used by {', '.join(users)})")
-        if not given and column in used and column not in OPTIONAL_COLUMNS:
+        if not given and column in needed:
             raise InputError(column, f"missing: mode {row.mode} needs it")
     if row.steps < 1:
         raise InputError("steps", f"{row.steps}: must be at least 1")
@@ -129,7 +123,7 @@ def check_columns(row: GenerationRow) -> None:
                                          "(int(steps * strength) must be at least 1)")
 
 
-def read_images(row: GenerationRow, storage: StorageOptions = StorageOptions()) -> RowImages:
+def read_images(row: GenerationRow, storage: S3Options = S3Options()) -> RowImages:
     loaded: dict[str, CellImage | None] = {}
     for column in IMAGE_COLUMNS:
         cell = getattr(row, column)
@@ -188,8 +182,8 @@ def make_ready(row: GenerationRow, images: RowImages, model: LoadedModel) -> Rea
         resizer = VaeImageProcessor(vae_scale_factor=model.vae_scale_factor)
         init = resizer.resize(init, height, width)
         mask = resizer.resize(mask, height, width) if mask is not None else None
-    strength = row.strength if row.mode in IMAGE_MODES else DEFAULT_STRENGTH
-    settings = BatchSettings(width, height, row.steps, row.scheduler, row.mode, strength)
+    settings = BatchSettings(width, height, row.steps, row.scheduler, row.mode,
+                             row.strength if row.mode in IMAGE_MODES else BatchSettings.strength)
     depth = depth_array(images.depth) if images.depth else None
     row_input = RowInput(row.prompt, row.seed, row.guidance_scale, row.negative_prompt,
                          init_image=init, mask_image=mask, depth_map=depth)
@@ -198,7 +192,7 @@ def make_ready(row: GenerationRow, images: RowImages, model: LoadedModel) -> Rea
 
 # -- the whole step ---------------------------------------------------------------------------
 def prepare_row(row: GenerationRow, model_for: Callable[[str], LoadedModel],
-                storage: StorageOptions = StorageOptions()) -> ReadyRow | FailedRow:
+                storage: S3Options = S3Options()) -> ReadyRow | FailedRow:
     images = RowImages()
     try:
         check_columns(row)
@@ -206,16 +200,16 @@ def prepare_row(row: GenerationRow, model_for: Callable[[str], LoadedModel],
         try:
             model = model_for(row.model)
         except Exception as exc:  # noqa: BLE001 - a model that cannot load fails its rows, not the job
-            raise InputError("model", f"cannot load the model: {exc}") from None
+            raise InputError("model", f"cannot load the model: {exc}", kind="model") from None
         return make_ready(row, images, model)
     except InputError as exc:
         error = describe(row, exc)
         log.warning("%s", error)
-        return FailedRow(row, error, images.trace())
+        return FailedRow(row, error, images.trace(), exc.kind)
 
 
 def prepare_rows(rows: list[GenerationRow], model_for: Callable[[str], LoadedModel],
-                 storage: StorageOptions = StorageOptions()) -> list[ReadyRow | FailedRow]:
+                 storage: S3Options = S3Options()) -> list[ReadyRow | FailedRow]:
     """Prepare every row (``s3://`` cells read with ``storage``); a model that fails to load is
     tried once per call, not once per row."""
     failed: dict[str, Exception] = {}

@@ -5,6 +5,12 @@
     OUT/images/<shard>/<key>.<ext>          one image per ok row
     OUT/images/<shard>/metadata.parquet     the shard's ok rows, ``file_name`` = "<key>.<ext>"
 
+On local disk a shard's folder is filled under ``_job/pending/<shard>`` and renamed into place when
+the shard commits, so a reader never sees part of a shard. Object stores have no rename: there the
+images are written at their final keys, and an attempt that stops before its commit leaves objects
+no committed metadata refers to; the driver removes them when it stops, the next attempt at that
+shard before it starts, and ``verify`` counts them as an interrupted shard's.
+
 The per-folder ``metadata.parquet`` is what Hugging Face ``datasets``' imagefolder reads (a
 ``file_name`` column relative to the metadata file's folder): ``load_dataset("imagefolder",
 data_dir=OUT)`` gives the images with every metadata column beside them.
@@ -16,15 +22,13 @@ data_dir=OUT)`` gives the images with every metadata column beside them.
 The tar is built in a (spooled) temporary file while the shard runs and written whole, with one
 storage write (a multipart upload when large), before the shard's metadata and marker. A row's
 ``image`` metadata cell names its member: ``shards/<shard>.tar#<sample>.<ext>``. ``<sample>`` is
-the row's key with dots replaced (webdataset splits a member's name at its first dot).
+the row's key (keys hold no dots: webdataset splits a member's name at its first dot).
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
-import re
 import tarfile
 import tempfile
 import threading
@@ -36,7 +40,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from .image_encoding import ImageFormat
-from .records import ResultRecord, record_json, records_to_table, table_to_parquet_bytes
+from .outdir import IMAGES, TARS, image_folder, pending_folder, table_bytes, tar_path
+from .records import ResultRecord, label_names, record_json, records_to_table
 from .storage import Storage
 
 log = logging.getLogger(__name__)
@@ -60,8 +65,8 @@ class OutputSpec:
 
 class ShardWriter(Protocol):
     def image_ref(self, key: str) -> str: ...
-    def add(self, record: ResultRecord, data: bytes) -> None: ...
-    def finish(self, records: list[ResultRecord]) -> None: ...
+    def add(self, record: ResultRecord, data: bytes, labels: pa.Table | None = None) -> None: ...
+    def finish(self, records: list[ResultRecord], labels: pa.Table | None = None) -> None: ...
     def close(self) -> None: ...
 
 
@@ -76,56 +81,64 @@ def decode_problem(data: bytes, where: str, row_index: int) -> list[str]:
 
 # -- files --------------------------------------------------------------------------------------
 def imagefolder_metadata_path(shard: str) -> str:
-    return f"images/{shard}/{IMAGEFOLDER_METADATA}"
+    return f"{image_folder(shard)}/{IMAGEFOLDER_METADATA}"
 
 
-def imagefolder_table(records: list[ResultRecord]) -> pa.Table:
+def imagefolder_table(records: list[ResultRecord], labels: pa.Table | None = None) -> pa.Table:
     """The ok rows as imagefolder reads them: ``file_name`` first, the metadata columns after
     (``image`` dropped: imagefolder makes that column from ``file_name``). ``seed`` is a
     decimal128(20, 0) here: datasets (5.2) builds its columns from Python ints through int64 and
     fails on uint64 seeds of 2**63 and above, half of all derived seeds."""
-    table = records_to_table([r for r in records if r.status == "ok"]).drop_columns(["image"])
+    ok = [i for i, r in enumerate(records) if r.status == "ok"]
+    table = records_to_table([records[i] for i in ok], labels.take(ok) if labels is not None else None)
+    table = table.drop_columns(["image"])
     seed = table.schema.get_field_index("seed")
     table = table.set_column(seed, "seed", table.column("seed").cast(pa.decimal128(20, 0)))
     if "file_name" in table.column_names:  # a manifest column of that name would shadow ours
-        table = table.rename_columns(["manifest_file_name" if n == "file_name" else n for n in table.column_names])
+        renamed = label_names(["file_name"] + table.column_names)[0]
+        table = table.rename_columns([renamed if n == "file_name" else n for n in table.column_names])
     names = pa.array([r.image.rsplit("/", 1)[1] for r in records if r.status == "ok"], pa.string())
     return table.add_column(0, "file_name", names)
 
 
 # datasets infers splits from file names holding one of these words between separators: a key such
-# as "test-7" would put its image in a "test" split, away from its shard's metadata.parquet.
-_SPLIT_WORD = re.compile(r"(?:^|[-._ 0-9])(train|training|validation|valid|dev|val|test|testing|eval|evaluation)"
-                         r"(?:[-._ 0-9]|$)")
+# as "test-7" would put its image in a "test" split, away from its shard's metadata.parquet. (RE2
+# syntax, for Arrow's regex kernels; matched against "<id>.")
+SPLIT_WORD_PATTERN = (r"(?:^|[-._ 0-9])(train|training|validation|valid|dev|val|test|testing|eval|evaluation)"
+                      r"(?:[-._ 0-9]|$)")
 
 
-def split_word_keys(keys: list[str]) -> list[str]:
-    """Keys whose file names make ``load_dataset("imagefolder", data_dir=OUT)`` infer splits."""
-    return [key for key in keys if _SPLIT_WORD.search(f"{key}.")]
-
-
-def warn_about_split_words(keys: list[str], layout: str) -> None:
-    clashing = split_word_keys(keys) if layout == "files" else []
-    if clashing:
+def warn_about_split_words(examples: list[str], count: int, layout: str) -> None:
+    if count and layout == "files":
         log.warning("%d row id(s) such as %r hold a word datasets reads as a split name; load this output "
                     "with load_dataset(\"imagefolder\", data_files={\"train\": \"OUT/images/**\"}), "
-                    "not data_dir=OUT", len(clashing), clashing[0])
+                    "not data_dir=OUT", count, examples[0])
 
 
 class FilesWriter:
+    """Writes a shard's images where they stay invisible until ``finish`` (see the module doc)."""
+
     def __init__(self, storage: Storage, shard: str, fmt: ImageFormat):
         self.storage, self.shard, self.fmt = storage, shard, fmt
+        self.final = image_folder(shard)
+        self.folder = pending_folder(shard) if storage.atomic_folders else self.final
+        storage.delete_prefix(self.folder)  # an earlier, uncommitted attempt's files
 
     def image_ref(self, key: str) -> str:
-        return f"images/{self.shard}/{key}.{self.fmt.extension}"
+        return f"{self.final}/{key}.{self.fmt.extension}"
 
-    def add(self, record: ResultRecord, data: bytes) -> None:
-        self.storage.write_bytes(record.image, data)
+    def add(self, record: ResultRecord, data: bytes, labels: pa.Table | None = None) -> None:
+        self.storage.write_bytes(f"{self.folder}/{record.image.rsplit('/', 1)[1]}", data)
 
-    def finish(self, records: list[ResultRecord]) -> None:
+    def finish(self, records: list[ResultRecord], labels: pa.Table | None = None) -> None:
         if any(r.status == "ok" for r in records):
-            self.storage.write_bytes(imagefolder_metadata_path(self.shard),
-                                     table_to_parquet_bytes(imagefolder_table(records)))
+            self.storage.write_bytes(f"{self.folder}/{IMAGEFOLDER_METADATA}",
+                                     table_bytes(imagefolder_table(records, labels)))
+        if self.storage.atomic_folders:
+            if any(r.status == "ok" for r in records):
+                self.storage.replace_folder(self.folder, self.final)
+            else:
+                self.storage.delete_prefix(self.final)
 
     def close(self) -> None:
         pass
@@ -133,7 +146,7 @@ class FilesWriter:
 
 class FilesLayout:
     name = "files"
-    prefix = "images"
+    prefix = IMAGES
 
     def writer(self, storage: Storage, shard: str, fmt: ImageFormat) -> FilesWriter:
         return FilesWriter(storage, shard, fmt)
@@ -162,18 +175,6 @@ class FilesLayout:
 
 
 # -- webdataset -------------------------------------------------------------------------------
-def tar_path(shard: str) -> str:
-    return f"shards/{shard}.tar"
-
-
-def sample_name(key: str) -> str:
-    """A webdataset sample key: no dots (a member's extension starts at its first dot); a key that
-    had dots gets a short hash of itself, so distinct keys stay distinct."""
-    if "." not in key:
-        return key
-    return f"{key.replace('.', '_')}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
-
-
 class WebDatasetWriter:
     """Appends each image and its JSON to one tar (thread safe), written whole at ``finish``."""
 
@@ -185,17 +186,17 @@ class WebDatasetWriter:
         self._failure: BaseException | None = None
 
     def image_ref(self, key: str) -> str:
-        return f"{tar_path(self.shard)}#{sample_name(key)}.{self.fmt.extension}"
+        return f"{tar_path(self.shard)}#{key}.{self.fmt.extension}"
 
     def _append(self, name: str, data: bytes, mtime: float) -> None:
         info = tarfile.TarInfo(name)
         info.size, info.mtime, info.mode = len(data), int(mtime), 0o644
         self._tar.addfile(info, io.BytesIO(data))
 
-    def add(self, record: ResultRecord, data: bytes) -> None:
+    def add(self, record: ResultRecord, data: bytes, labels: pa.Table | None = None) -> None:
         member = record.image.split("#", 1)[1]
         sample = member.rsplit(".", 1)[0]
-        meta = record_json(record)
+        meta = record_json(record, labels)
         mtime = record.timestamp.timestamp() if record.timestamp else 0
         with self._lock:
             try:  # image and JSON next to each other: webdataset groups consecutive members
@@ -205,7 +206,7 @@ class WebDatasetWriter:
                 self._failure = exc  # the tar may now hold half a member: the shard must not commit
                 raise
 
-    def finish(self, records: list[ResultRecord]) -> None:
+    def finish(self, records: list[ResultRecord], labels: pa.Table | None = None) -> None:
         if self._failure is not None:
             raise RuntimeError(f"shard {self.shard}: building {tar_path(self.shard)} failed: {self._failure}")
         self._tar.close()
@@ -218,7 +219,7 @@ class WebDatasetWriter:
 
 class WebDatasetLayout:
     name = "webdataset"
-    prefix = "shards"
+    prefix = TARS
 
     def writer(self, storage: Storage, shard: str, fmt: ImageFormat) -> WebDatasetWriter:
         return WebDatasetWriter(storage, shard, fmt)

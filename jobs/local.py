@@ -5,29 +5,38 @@ from __future__ import annotations
 import logging
 import time
 
-from .executor import ShardTask
-from .progress import Progress
-from .storage import Storage
-from .worker import ShardStats, ShardWorker, WorkerConfig
+from .executor import ShardTracker
+from .outdir import OutputFolder
+from .storage import StorageError
+from .worker import ShardWorker
+from .worker_config import WorkerConfig
 
 log = logging.getLogger(__name__)
 
 
 class LocalExecutor:
-    def __init__(self, storage: Storage, config: WorkerConfig, models: list[str]):
-        self.storage = storage
+    def __init__(self, folder: OutputFolder, config: WorkerConfig, models: list[str], verbose: bool = False):
+        self.folder = folder
         self.config = config
         self.models = models
-        self.ready_at: float | None = None  # perf_counter() when models were loaded
+        self.verbose = verbose
 
-    def run(self, tasks: list[ShardTask], progress: Progress) -> list[ShardStats]:
-        worker = ShardWorker(self.storage, self.config, name="local")
-        results = []
+    def run(self, shards: list[str], job_id: str, tracker: ShardTracker) -> None:
+        if not self.verbose:
+            from sdbatch.pipeline.loading import quiet_libraries
+
+            quiet_libraries()
+        worker = ShardWorker(self.folder, self.config, name="local")
         try:
+            log.info("loading %d model(s) on %s", len(self.models), self.config.device)
             worker.load(self.models)
-            self.ready_at = time.perf_counter()
-            for task in tasks:
-                results.append(worker.run_shard(task.shard, list(task.rows), on_rows=progress.advance))
+            tracker.result.ready_at = time.perf_counter()
+            for shard in shards:
+                try:
+                    for event in worker.run_shard(shard, job_id):
+                        tracker.on_event(shard, event)
+                except (StorageError, OSError) as exc:
+                    log.error("shard %s: %s", shard, exc)
+                    tracker.abandoned(shard, str(exc))
         finally:
             worker.close()
-        return results

@@ -6,15 +6,14 @@ Column names are read by other tools: keep them.
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from sdbatch.manifests.schema import GenerationRow
+
+from .runtime_info import runtime_info
 
 
 @dataclass(frozen=True)
@@ -28,6 +27,11 @@ class InputTrace:
     init_image_width: int | None = None
     init_image_height: int | None = None
     init_image_resized: bool | None = None
+
+
+# Why a row failed, for reruns and for users: its own input, its model, the storage (worth a
+# rerun: ``run`` retries these rows), or something inside sdbatch or the machine.
+ERROR_KINDS = ("input", "model", "storage", "internal")
 
 
 @dataclass
@@ -58,8 +62,8 @@ class ResultRecord:
     diffusers_version: str | None = None
     torch_version: str | None = None
     device_name: str | None = None  # e.g. "NVIDIA H100 80GB HBM3", or the CPU's model name
+    error_kind: str | None = None  # one of ERROR_KINDS for an error row
     trace: InputTrace = field(default_factory=InputTrace)  # written as its own columns
-    extras: tuple[tuple[str, Any], ...] = field(default=())
 
     @classmethod
     def for_row(cls, row: GenerationRow, shard: str, trace: InputTrace | None = None, **kw) -> "ResultRecord":
@@ -68,11 +72,22 @@ class ResultRecord:
             seed=row.seed, guidance_scale=row.guidance_scale, steps=row.steps, width=row.width,
             height=row.height, scheduler=row.scheduler, model=row.model, mode=row.mode,
             strength=row.strength if row.mode != "txt2img" else None, row_index=row.row_index,
-            shard=shard, extras=row.extras, status="ok", error=None, image=None,
+            shard=shard, status="ok", error=None, image=None,
             trace=trace or InputTrace(),
         )
         base.update(kw)
         return cls(**base)
+
+    @classmethod
+    def failed(cls, row: GenerationRow, shard: str, error: str, kind: str,
+               trace: InputTrace | None = None) -> "ResultRecord":
+        """An error row: the row's parameters, why it failed, and what software decided so."""
+        return cls.for_row(row, shard, trace, status="error", error=error, error_kind=kind, timestamp=utc_now(),
+                           **asdict(runtime_info(None)))
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
 
 
 METADATA_SCHEMA = pa.schema([
@@ -85,7 +100,7 @@ METADATA_SCHEMA = pa.schema([
     ("seconds", pa.float64()),
     ("latency_seconds", pa.float64()), ("timestamp", pa.timestamp("us", tz="UTC")),
     ("sdbatch_version", pa.string()), ("diffusers_version", pa.string()),
-    ("torch_version", pa.string()), ("device_name", pa.string()),
+    ("torch_version", pa.string()), ("device_name", pa.string()), ("error_kind", pa.string()),
     ("init_image_sha256", pa.string()), ("mask_image_sha256", pa.string()),
     ("depth_map_sha256", pa.string()), ("init_image_width", pa.int64()),
     ("init_image_height", pa.int64()), ("init_image_resized", pa.bool_()),
@@ -100,19 +115,34 @@ def _column(record: ResultRecord, name: str):
     return getattr(record.trace if name in _TRACE_COLUMNS else record, name)
 
 
-def records_to_table(records: list[ResultRecord]) -> pa.Table:
+def label_names(labels: list[str]) -> list[str]:
+    """The metadata column name of each manifest label column: its own, or ``manifest_<name>`` where
+    that would shadow one of ours (again, until the names are all distinct)."""
+    used = set(_RESERVED)
+    out = []
+    for name in labels:
+        while name in used:
+            name = f"manifest_{name}"
+        used.add(name)
+        out.append(name)
+    return out
+
+
+def records_to_table(records: list[ResultRecord], labels: pa.Table | None = None) -> pa.Table:
+    """The metadata table: our columns, then the manifest's label columns (one row per record, in
+    the records' order) with the Arrow types the manifest gave them."""
     columns = {name: [_column(r, name) for r in records] for name in METADATA_SCHEMA.names}
     table = pa.table(columns, schema=METADATA_SCHEMA)
-    extra_names = [name for name, _ in records[0].extras] if records else []
-    for i, name in enumerate(extra_names):
-        out_name = name if name not in _RESERVED else f"manifest_{name}"
-        table = table.append_column(out_name, pa.array([r.extras[i][1] for r in records]))
+    if labels is not None:
+        for name, values in zip(label_names(labels.column_names), labels.columns):
+            table = table.append_column(name, values)
     return table
 
 
-def record_json(record: ResultRecord) -> bytes:
-    """One record as a JSON object with the metadata's column names (the webdataset ``.json``)."""
-    body = records_to_table([record]).to_pylist()[0]
+def record_json(record: ResultRecord, labels: pa.Table | None = None) -> bytes:
+    """One record (and its one-row ``labels``) as a JSON object with the metadata's column names
+    (the webdataset ``.json``)."""
+    body = records_to_table([record], labels).to_pylist()[0]
     return json.dumps(body, default=_json_value, ensure_ascii=False, sort_keys=False).encode()
 
 
@@ -122,9 +152,3 @@ def _json_value(value):
     if isinstance(value, bytes):
         return None  # binary manifest columns (image bytes) are not repeated per sample
     return str(value)
-
-
-def table_to_parquet_bytes(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd")
-    return sink.getvalue()

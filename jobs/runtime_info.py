@@ -1,4 +1,5 @@
-"""What made an image, beyond its row: library versions and the device's name (metadata columns)."""
+"""What made an image, beyond its row: library versions and the device's name (metadata columns).
+torch is imported only to name a device, so error rows can be written where torch is not loaded."""
 
 from __future__ import annotations
 
@@ -7,14 +8,12 @@ import platform
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
-import torch
-
 
 @dataclass(frozen=True)
 class RuntimeInfo:
     sdbatch_version: str | None
     diffusers_version: str | None
-    torch_version: str
+    torch_version: str | None
     device_name: str | None
 
 
@@ -36,8 +35,10 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
-def device_name(device: torch.device) -> str:
+def device_name(device) -> str:
     if device.type == "cuda":
+        import torch
+
         return torch.cuda.get_device_name(device)
     if device.type == "cpu":
         return _cpu_name()
@@ -45,11 +46,11 @@ def device_name(device: torch.device) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def runtime_info(device: torch.device | None) -> RuntimeInfo:
+def runtime_info(device=None) -> RuntimeInfo:
     """Per process and device (``None``: rows that never reached a device)."""
     return RuntimeInfo(
         sdbatch_version=_package_version("sdbatch"),
         diffusers_version=_package_version("diffusers"),
-        torch_version=torch.__version__,
+        torch_version=_package_version("torch"),
         device_name=device_name(device) if device is not None else None,
     )

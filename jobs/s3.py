@@ -1,7 +1,7 @@
 """S3-compatible object stores (AWS S3, MinIO, Ceph RGW, Cloudflare R2) behind ``Storage``.
 
 boto3 does the work: its credential chain, its ``standard`` retry mode, its transfer manager
-(single put below ``StorageOptions.multipart_bytes``, a multipart upload above, aborted on
+(single put below ``S3Options.multipart_bytes``, a multipart upload above, aborted on
 failure). Request checksums are sent only when an operation requires one: since botocore 1.36 the
 default adds CRC checksums (and aws-chunked uploads) that several S3-compatible servers refuse.
 
@@ -9,15 +9,14 @@ Object stores have no rename, so an object is atomic by itself: a put, or a mult
 is visible only once completed. A multipart upload that a killed process never completed is
 invisible; ``partial_writes`` lists those and ``discard_partial_writes`` aborts them.
 
-Manifests are read by pyarrow; ``dataset_location`` gives it an ``S3FileSystem`` configured from
-the same options and with the credentials boto3's chain resolved.
+Manifests are read by pyarrow's own S3 filesystem, configured from the same ``S3Options``
+(``sdbatch.manifests.remote``).
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import os
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,7 +27,9 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from .storage import StorageError, StorageOptions
+from sdbatch.manifests.remote import S3Options, split_s3_uri
+
+from .storage import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +45,10 @@ class S3Location:
 
     @classmethod
     def parse(cls, uri: str) -> "S3Location":
-        if not uri.startswith("s3://"):
-            raise StorageError(f"{uri}: not an s3:// URI")
-        bucket, _, key = uri[len("s3://"):].partition("/")
-        if not bucket:
-            raise StorageError(f"{uri}: no bucket name (expected s3://bucket/prefix)")
-        return cls(bucket, key.strip("/"))
+        try:
+            return cls(*split_s3_uri(uri))
+        except ValueError as exc:
+            raise StorageError(str(exc)) from None
 
     def child(self, relpath: str) -> "S3Location":
         relpath = relpath.strip("/")
@@ -60,12 +59,7 @@ class S3Location:
         return f"s3://{self.bucket}/{self.key}" if self.key else f"s3://{self.bucket}"
 
 
-def endpoint_url(options: StorageOptions) -> str | None:
-    """The endpoint: the option, else the standard environment variables (as boto3 reads them)."""
-    return options.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-
-
-def client_config(options: StorageOptions) -> Config:
+def client_config(options: S3Options) -> Config:
     return Config(
         retries={"mode": "standard", "total_max_attempts": options.retries + 1},
         s3={"addressing_style": "path" if options.path_style else "auto"},
@@ -75,23 +69,23 @@ def client_config(options: StorageOptions) -> Config:
     )
 
 
-def transfer_config(options: StorageOptions) -> TransferConfig:
+def transfer_config(options: S3Options) -> TransferConfig:
     # parts of at least the threshold (and S3's 5 MiB minimum), a few uploading at once
     part = max(options.multipart_bytes, 5 * 1024 * 1024)
     return TransferConfig(multipart_threshold=options.multipart_bytes, multipart_chunksize=part,
                           max_concurrency=4)
 
 
-_clients: dict[StorageOptions, object] = {}
+_clients: dict[S3Options, object] = {}
 _clients_lock = threading.Lock()
 
 
-def s3_client(options: StorageOptions):
+def s3_client(options: S3Options):
     """One client per process and options (boto3 clients are thread safe; sessions are not)."""
     with _clients_lock:
         if options not in _clients:
             session = boto3.session.Session()
-            _clients[options] = session.client("s3", endpoint_url=endpoint_url(options),
+            _clients[options] = session.client("s3", endpoint_url=options.endpoint,
                                                config=client_config(options))
         return _clients[options]
 
@@ -115,7 +109,7 @@ def reporting(action: str, where: str):
         raise StorageError(f"{where}: cannot {action}: {exc}") from None
 
 
-def read_object(uri: str, options: StorageOptions) -> bytes:
+def read_object(uri: str, options: S3Options) -> bytes:
     """The whole object; FileNotFoundError when there is none."""
     where = S3Location.parse(uri)
     client = s3_client(options)
@@ -131,7 +125,9 @@ def read_object(uri: str, options: StorageOptions) -> bytes:
 class S3Storage:
     """``s3://bucket/prefix`` as a ``Storage``: relative paths are keys under the prefix."""
 
-    def __init__(self, root: str, options: StorageOptions):
+    atomic_folders = False  # no rename: a shard's objects are written in place (see layouts)
+
+    def __init__(self, root: str, options: S3Options):
         self.location = S3Location.parse(root)
         self.root = self.location.uri
         self.options = options
@@ -156,6 +152,26 @@ class S3Storage:
         where = self._at(relpath)
         with reporting("write", where.uri):
             self._client.upload_fileobj(source, where.bucket, where.key, Config=transfer_config(self.options))
+
+    def staging_folder(self):
+        """A new local temporary folder (its files are uploaded by ``move_in``)."""
+        import tempfile
+        from pathlib import Path
+
+        return Path(tempfile.mkdtemp(prefix="sdbatch-staging-"))
+
+    def discard_staging(self, folder) -> None:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def move_in(self, relpath: str, local_path) -> None:
+        """Upload a local file to ``relpath``, then remove the local file."""
+        import os
+
+        with open(local_path, "rb") as source:
+            self.write_fileobj(relpath, source)
+        os.unlink(local_path)
 
     def read_bytes(self, relpath: str) -> bytes:
         return read_object(self._at(relpath).uri, self.options)
@@ -188,13 +204,25 @@ class S3Storage:
         with reporting("delete", where.uri):
             self._client.delete_object(Bucket=where.bucket, Key=where.key)
 
+    def delete_prefix(self, prefix: str) -> int:
+        """Every object under ``prefix``, in requests of up to 1,000 keys."""
+        keys = [self._at(p).key for p in self.list(prefix)]
+        for first in range(0, len(keys), 1000):
+            chunk = [{"Key": k} for k in keys[first:first + 1000]]
+            with reporting("delete", self._at(prefix).uri):
+                self._client.delete_objects(Bucket=self.location.bucket, Delete={"Objects": chunk, "Quiet": True})
+        return len(keys)
+
+    def replace_folder(self, source: str, target: str) -> None:
+        raise NotImplementedError("object stores have no rename; see atomic_folders")
+
     def url(self, relpath: str) -> str:
         return self._at(relpath).uri
 
     def check(self) -> None:
         """A clear error now (missing bucket, no credentials, no access) rather than mid-job."""
         bucket = self.location.bucket
-        endpoint = endpoint_url(self.options) or "AWS"
+        endpoint = self.options.endpoint or "AWS"
         try:
             self._client.head_bucket(Bucket=bucket)
         except NoCredentialsError:
@@ -230,57 +258,3 @@ class S3Storage:
                 self._client.abort_multipart_upload(Bucket=self.location.bucket, Key=upload["Key"],
                                                     UploadId=upload["UploadId"])
         return len(uploads)
-
-
-# -- pyarrow (manifests) -----------------------------------------------------------------------
-@dataclass(frozen=True)
-class DatasetLocation:
-    """Where ``pyarrow.dataset.dataset`` reads: a path and the filesystem it is on (None: local)."""
-
-    source: str
-    filesystem: object | None = None
-
-
-def pyarrow_s3(options: StorageOptions):
-    """A pyarrow ``S3FileSystem`` like our boto3 client: same endpoint, addressing, retries, and
-    the credentials boto3's chain finds (passed in memory only)."""
-    from pyarrow import fs
-
-    session = boto3.session.Session()
-    kwargs: dict = {}
-    credentials = session.get_credentials()
-    if credentials is not None:
-        frozen = credentials.get_frozen_credentials()
-        kwargs.update(access_key=frozen.access_key, secret_key=frozen.secret_key,
-                      session_token=frozen.token)
-    if session.region_name:
-        kwargs["region"] = session.region_name
-    endpoint = endpoint_url(options)
-    if endpoint:
-        kwargs["endpoint_override"] = endpoint
-    if options.path_style:
-        kwargs["force_virtual_addressing"] = False
-    return fs.S3FileSystem(retry_strategy=fs.AwsStandardS3RetryStrategy(max_attempts=options.retries + 1),
-                           **kwargs)
-
-
-def dataset_location(path: str, options: StorageOptions) -> DatasetLocation:
-    """``s3://bucket/key`` -> ("bucket/key", S3FileSystem); anything else is read as it is."""
-    path = str(path)
-    if not path.startswith("s3://"):
-        return DatasetLocation(path)
-    where = S3Location.parse(path)
-    return DatasetLocation(f"{where.bucket}/{where.key}".rstrip("/"), pyarrow_s3(options))
-
-
-def s3_folder_of(path: str, options: StorageOptions) -> str:
-    """The folder an ``s3://`` manifest sits in (the URI itself when it names a folder of files),
-    against which its relative image paths resolve."""
-    from pyarrow import fs
-
-    location = dataset_location(path, options)
-    where = S3Location.parse(path)
-    if location.filesystem.get_file_info(location.source).type == fs.FileType.Directory:
-        return where.uri
-    parent = where.key.rpartition("/")[0]
-    return S3Location(where.bucket, parent).uri

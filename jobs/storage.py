@@ -1,9 +1,10 @@
-"""One small storage interface for manifests' neighbours and outputs: local disk, or S3-compatible
-object stores (``s3://bucket/prefix``, see ``s3.py``).
+"""One small storage interface for job outputs: local disk, or S3-compatible object stores
+(``s3://bucket/prefix``, see ``s3.py``).
 
 Every write is whole or absent. A local file is written under ``_job/tmp`` and renamed into place;
-an object is written by a single put or a completed multipart upload. So a reader listing the
-output never sees a partial file.
+an object is written by a single put or a completed multipart upload. So a reader never sees a
+half-written file. Local folders can also be renamed whole (``atomic_folders``), which lets a
+shard's images appear at their final paths all at once, at commit.
 """
 
 from __future__ import annotations
@@ -11,12 +12,10 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-# Objects at least this large go up as multipart uploads (S3's maximum single put is 5 GiB).
-DEFAULT_MULTIPART_BYTES = 64 * 1024 * 1024
+from sdbatch.manifests.remote import S3Options, is_s3_uri
 
 
 class StorageError(RuntimeError):
@@ -24,27 +23,21 @@ class StorageError(RuntimeError):
     (never a credential)."""
 
 
-@dataclass(frozen=True)
-class StorageOptions:
-    """How to reach an S3-compatible store. Credentials are deliberately absent: every process
-    (driver, each Ray actor) reads them from boto3's usual chain in its own environment, so they
-    never travel with the job, its plan or its logs."""
-
-    endpoint_url: str | None = None  # e.g. http://minio:9000; None: boto3's own (AWS_ENDPOINT_URL)
-    path_style: bool = False  # bucket in the path, not the host name (MinIO, Ceph RGW)
-    retries: int = 4  # retries after the first attempt, in boto3's "standard" mode
-    multipart_bytes: int = DEFAULT_MULTIPART_BYTES  # objects this large use a multipart upload
-
-
 class Storage(Protocol):
     root: str
+    atomic_folders: bool  # replace_folder() publishes a whole folder at once
 
     def write_bytes(self, relpath: str, data: bytes) -> None: ...
     def write_fileobj(self, relpath: str, source: BinaryIO) -> None: ...
+    def staging_folder(self) -> Path: ...
+    def discard_staging(self, folder: Path) -> None: ...
+    def move_in(self, relpath: str, local_path: str | Path) -> None: ...
     def read_bytes(self, relpath: str) -> bytes: ...
     def exists(self, relpath: str) -> bool: ...
     def list(self, prefix: str) -> list[str]: ...
     def delete(self, relpath: str) -> None: ...
+    def delete_prefix(self, prefix: str) -> int: ...
+    def replace_folder(self, source: str, target: str) -> None: ...
     def url(self, relpath: str) -> str: ...
     def check(self) -> None: ...
     def partial_writes(self) -> list[str]: ...
@@ -55,10 +48,12 @@ class LocalStorage:
     """A folder on local (or shared) disk."""
 
     TMP = "_job/tmp"
+    atomic_folders = True
 
     def __init__(self, root: str | Path):
         self.root = str(Path(root).absolute())
         self._tmp = Path(self.root, self.TMP)
+        self._root_existed = Path(self.root).exists()
 
     def _path(self, relpath: str) -> Path:
         return Path(self.root, relpath)
@@ -69,10 +64,40 @@ class LocalStorage:
     def write_fileobj(self, relpath: str, source: BinaryIO) -> None:
         self._write(relpath, lambda fh: shutil.copyfileobj(source, fh, 1024 * 1024))
 
-    def _write(self, relpath: str, fill) -> None:
+    def staging_folder(self) -> Path:
+        """A new local folder whose files ``move_in`` can rename into place (same filesystem)."""
+        folder = self._tmp / f"staging-{uuid.uuid4().hex}"
+        folder.mkdir(parents=True)
+        return folder
+
+    def discard_staging(self, folder: Path) -> None:
+        """Remove a staging folder, and the folders it needed if they are empty now (a refused
+        job leaves no OUT behind)."""
+        shutil.rmtree(folder, ignore_errors=True)
+        for path in (self._tmp, self._tmp.parent) + (() if self._root_existed else (Path(self.root),)):
+            try:
+                path.rmdir()
+            except OSError:
+                break
+
+    def move_in(self, relpath: str, local_path: str | Path) -> None:
+        """Move a local file to ``relpath`` (renamed when on the same filesystem, else copied)."""
         final = self._path(relpath)
         final.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(local_path, final)
+        except OSError:
+            with open(local_path, "rb") as source:
+                self.write_fileobj(relpath, source)
+            Path(local_path).unlink(missing_ok=True)
+
+    def _write(self, relpath: str, fill) -> None:
+        final = self._path(relpath)
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            self._tmp.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"{final.parent}: cannot create the folder: {exc.strerror or exc}") from None
         tmp = self._tmp / f"{uuid.uuid4().hex}.partial"
         try:
             with open(tmp, "wb") as fh:
@@ -80,6 +105,8 @@ class LocalStorage:
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, final)
+        except OSError as exc:
+            raise StorageError(f"{final}: cannot write: {exc.strerror or exc}") from None
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -98,37 +125,52 @@ class LocalStorage:
     def delete(self, relpath: str) -> None:
         self._path(relpath).unlink(missing_ok=True)
 
+    def delete_prefix(self, prefix: str) -> int:
+        path = self._path(prefix)
+        if not path.exists():
+            return 0
+        count = len(self.list(prefix))
+        shutil.rmtree(path, ignore_errors=True)
+        return count
+
+    def replace_folder(self, source: str, target: str) -> None:
+        """Move folder ``source`` to ``target`` (replacing what is there) with one rename."""
+        src, dst = self._path(source), self._path(target)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if dst.exists():  # left by an attempt that died between this rename and its commit marker
+            shutil.rmtree(dst)
+        os.replace(src, dst)
+
     def url(self, relpath: str) -> str:
         return str(self._path(relpath))
 
     def check(self) -> None:
         """Refuse a root that cannot be an output folder, before any work starts."""
         root = Path(self.root)
-        if root.exists() and not root.is_dir():
-            raise StorageError(f"{self.root} is a file, not a folder")
+        for parent in (root, *root.parents):
+            if parent.exists():
+                if not parent.is_dir():
+                    raise StorageError(f"{self.root}: {parent} is a file, not a folder")
+                if not os.access(parent, os.W_OK | os.X_OK):
+                    raise StorageError(f"{self.root}: {parent} is not writable")
+                return
 
     def partial_writes(self) -> list[str]:
-        """Files of writes that never finished (a killed run's); invisible at their final paths."""
+        """Files of writes (and plans) that never finished (a killed run's); invisible at their
+        final paths."""
         return self.list(self.TMP)
 
     def discard_partial_writes(self) -> int:
-        leftovers = self.partial_writes()
-        for path in leftovers:
-            self.delete(path)
-        return len(leftovers)
+        return self.delete_prefix(self.TMP)
 
 
-def is_s3_uri(location: str) -> bool:
-    return str(location).startswith("s3://")
-
-
-def open_storage(root: str, options: StorageOptions | None = None) -> Storage:
+def open_storage(root: str, options: S3Options | None = None) -> Storage:
     """The storage for an ``--out`` (or any root): ``s3://bucket/prefix``, or a local folder."""
     root = str(root)
     if is_s3_uri(root):
         from .s3 import S3Storage
 
-        return S3Storage(root, options or StorageOptions())
+        return S3Storage(root, options or S3Options())
     if "://" in root and not root.startswith("file://"):
         raise StorageError(f"{root}: unsupported location; use a local path, file:// or s3://bucket/prefix")
     return LocalStorage(root.removeprefix("file://"))

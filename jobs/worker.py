@@ -1,83 +1,66 @@
-"""A shard's work: rows -> batches -> engine -> encoded images -> layout files -> metadata -> marker.
+"""A shard's work: its input rows -> batches -> engine -> encoded images -> layout -> commit.
 
-The same ``ShardWorker`` runs inside the local executor and inside each Ray actor. Rows are
+The same ``ShardWorker`` runs inside the local executor and inside each Ray actor; it reads the
+shard's rows from OUT (written there at planning), so work travels as a shard name. Rows are
 prepared one by one first (inputs read and checked, see ``inputs.py``), so bad input fails its row
 alone; a batch that still raises is retried row by row, so one bad row fails alone with its error
-recorded. Images are encoded (with their ``parameters`` text) and stored on a thread pool while the
-next batch denoises; the layout (``layouts.py``) decides where they go.
+recorded. Images are encoded (with their ``parameters`` text) and stored on a thread pool while
+the next batch denoises; the layout (``layouts.py``) decides where they go, ``outdir`` how the
+shard commits.
+
+``run_shard`` is a generator: a ``ShardProgress`` after every batch (rows with an outcome so far in
+this attempt), then the commit marker's ``ShardStats``. The Ray executor streams these to the driver.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import logging
 import threading
 import time
+from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
+from typing import Iterator
 
 import numpy as np
+import pyarrow as pa
 
+from sdbatch.manifests.rows import extra_names, rows_of
 from sdbatch.manifests.schema import GenerationRow
 from sdbatch.pipeline.engine import BatchedEngine
 from sdbatch.pipeline.loading import LoadedModel, load_model
 
 from .image_encoding import encode_image
 from .inputs import FailedRow, ReadyRow, batch_key, prepare_rows
-from .layouts import OutputSpec, ShardWriter, layout_named
+from .executor import ShardProgress
+from .layouts import ShardWriter, layout_named
+from .outdir import OutputFolder, ShardStats
 from .parameters import infotext
-from .plan import group_batches
-from .records import ResultRecord, records_to_table, table_to_parquet_bytes
+from .records import ResultRecord, records_to_table, utc_now
 from .runtime_info import runtime_info
-from .storage import Storage, StorageOptions
+from .worker_config import WorkerConfig
 
 log = logging.getLogger(__name__)
 
-MARKER_DIR = "_job/shards"
 # Rows are prepared (their input images decoded) this many batches at a time, to bound memory.
 PREPARE_WINDOW_BATCHES = 8
 
 
-def marker_path(shard: str) -> str:
-    return f"{MARKER_DIR}/{shard}.json"
-
-
-def metadata_path(shard: str) -> str:
-    return f"metadata/{shard}.parquet"
-
-
-@dataclass
-class ShardStats:
-    """Written last, as the shard's commit marker: a shard is done when this file exists."""
-
-    shard: str
-    rows: int
-    ok: int
-    failed: int
-    seconds: float
-    worker: str = ""
-
-
-@dataclass(frozen=True)
-class WorkerConfig:
-    device: str = "auto"
-    dtype: str | None = None
-    batch_size: int = 16
-    encode_threads: int = 4
-    output: OutputSpec = field(default_factory=OutputSpec)
-    storage: StorageOptions = field(default_factory=StorageOptions)  # for s3:// inputs and outputs
-
-
-def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+def group_batches(items: list, key, batch_size: int) -> list[list]:
+    """Items of equal key, at most ``batch_size`` per batch, groups in first-seen order. A row's
+    image does not depend on its batch, so rows need not be consecutive to share one."""
+    groups: dict = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
+    return [group[i: i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
 
 
 class ShardWorker:
     """Holds loaded models (each loaded once) and turns shards into committed outputs."""
 
-    def __init__(self, storage: Storage, config: WorkerConfig, name: str = "local"):
-        self.storage = storage
+    def __init__(self, folder: OutputFolder, config: WorkerConfig, name: str = "local"):
+        self.folder = folder
+        self.storage = folder.storage
         self.config = config
         self.name = name
         self.layout = layout_named(config.output.layout)
@@ -87,6 +70,10 @@ class ShardWorker:
         self._prepare_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
         # Encoded-but-unwritten images are bounded, so memory stays flat when storage is slow.
         self._write_slots = threading.BoundedSemaphore(4 * config.batch_size)
+        # An attempt at a shard asked for again while the first is still running here (the driver
+        # lost touch with this process for a moment) waits for it, then finds the shard committed.
+        self._shard_locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
         # One shard on the device at a time. A caller may run shards on two threads (a Ray actor
         # with max_concurrency 2): then one shard's last writes, tar upload and commit overlap the
         # next shard's generation, so the device does not wait on storage between shards.
@@ -103,15 +90,20 @@ class ShardWorker:
             self._engines[model] = BatchedEngine(loaded)
         return self._engines[model]
 
+    @property
+    def device(self) -> str:
+        return str(next(iter(self._engines.values())).device) if self._engines else self.config.device
+
     def close(self) -> None:
         self._prepare_pool.shutdown(wait=True, cancel_futures=True)
         self._pool.shutdown(wait=True)
 
-    def _store(self, writer: ShardWriter, record: ResultRecord, pixels: np.ndarray) -> None:
-        writer.add(record, encode_image(pixels, self.config.output.image, infotext(record)))
+    # -- one batch -----------------------------------------------------------------------------
+    def _store(self, writer: ShardWriter, record: ResultRecord, pixels: np.ndarray, labels: pa.Table) -> None:
+        writer.add(record, encode_image(pixels, self.config.output.image, infotext(record)), labels)
 
-    def _generate(self, shard: str, writer: ShardWriter,
-                  batch: list[ReadyRow]) -> list[tuple[ResultRecord, Future | None]]:
+    def _generate(self, shard: str, writer: ShardWriter, batch: list[ReadyRow],
+                  labels: dict[int, pa.Table]) -> list[tuple[ResultRecord, Future | None]]:
         """Run one batch; per row its record and, when it made an image, the pending write."""
         try:
             engine = self.engine(batch[0].row.model)
@@ -121,13 +113,10 @@ class ShardWorker:
         except Exception as exc:  # noqa: BLE001 - a row's failure is recorded, not raised
             if len(batch) > 1:
                 log.warning("batch of %d failed (%s); retrying row by row", len(batch), exc)
-                return [item for ready in batch for item in self._generate(shard, writer, [ready])]
+                return [item for ready in batch for item in self._generate(shard, writer, [ready], labels)]
             row = batch[0].row
             log.warning("row %s (manifest row %d) failed: %s", row.id, row.row_index, exc)
-            record = ResultRecord.for_row(row, shard, batch[0].trace, status="error",
-                                          error=f"{type(exc).__name__}: {exc}", timestamp=utc_now(),
-                                          **asdict(runtime_info(None)))
-            return [(record, None)]
+            return [(ResultRecord.failed(row, shard, f"{type(exc).__name__}: {exc}", "internal", batch[0].trace), None)]
         latency = time.perf_counter() - started
         used = dict(width=settings.width, height=settings.height, scheduler=result.scheduler,
                     model_revision=engine.model.revision, seconds=latency / len(batch),
@@ -136,58 +125,73 @@ class ShardWorker:
         out = []
         for ready, pixels in zip(batch, result.images):
             record = ResultRecord.for_row(ready.row, shard, ready.trace, image=writer.image_ref(ready.row.key), **used)
-            out.append((record, self._submit_write(writer, record, pixels)))
+            out.append((record, self._submit_write(writer, record, pixels, labels[ready.row.row_index])))
         return out
 
-    def _submit_write(self, writer: ShardWriter, record: ResultRecord, pixels: np.ndarray) -> Future:
+    def _submit_write(self, writer: ShardWriter, record: ResultRecord, pixels: np.ndarray,
+                      labels: pa.Table) -> Future:
         self._write_slots.acquire()  # blocks only when writes fall far behind generation
-        future = self._pool.submit(self._store, writer, record, pixels)
+        future = self._pool.submit(self._store, writer, record, pixels, labels)
         future.add_done_callback(lambda _: self._write_slots.release())
         return future
 
     def _prepare(self, rows: list[GenerationRow]) -> list[ReadyRow | FailedRow]:
-        return prepare_rows(rows, lambda name: self.engine(name).model, self.config.storage)
+        return prepare_rows(rows, lambda name: self.engine(name).model, self.config.s3)
 
-    def _run_prepared(self, shard: str, writer: ShardWriter, prepared: list[ReadyRow | FailedRow],
-                      on_rows=None) -> list[tuple[ResultRecord, Future | None]]:
-        """Run prepared rows in batches of equal effective settings; failed rows pass through."""
-        pending = [(ResultRecord.for_row(p.row, shard, p.trace, status="error", error=p.error,
-                                         timestamp=utc_now(), **asdict(runtime_info(None))), None)
-                   for p in prepared if isinstance(p, FailedRow)]
-        if on_rows and pending:
-            on_rows(len(pending), len(pending))
-        ready = [p for p in prepared if isinstance(p, ReadyRow)]
-        for batch in group_batches(ready, batch_key, self.config.batch_size):
-            outcomes = self._generate(shard, writer, batch)
-            pending.extend(outcomes)
-            if on_rows:
-                on_rows(len(batch), sum(future is None for _, future in outcomes))
-        return pending
+    # -- one shard -----------------------------------------------------------------------------
+    def run_shard(self, shard: str, job_id: str = "") -> Iterator[ShardProgress | ShardStats]:
+        """Generate, write and commit one shard, reporting progress after every batch (a shard
+        this job already committed is not redone: its marker is the answer)."""
+        with self._locks_lock:
+            lock = self._shard_locks.setdefault(shard, threading.Lock())
+        with lock:
+            done = self.folder.committed_shard(shard, job_id)
+            if done is not None:
+                yield done
+                return
+            yield from self._run_shard(shard, job_id)
 
-    def run_shard(self, shard: str, rows: list[GenerationRow], on_rows=None) -> ShardStats:
-        """Generate, write and commit one shard. ``on_rows(rows, failed)`` reports progress.
-
-        Rows go in windows of a few batches: window k+1 is prepared on a thread while window k
+    def _run_shard(self, shard: str, job_id: str) -> Iterator[ShardProgress | ShardStats]:
+        """Rows go in windows of a few batches: window k+1 is prepared on a thread while window k
         runs, so the device does not wait on image reading and decoding. Only generation holds
-        the device; waiting for the writes and committing do not (see ``_device``).
-        """
+        the device; waiting for the writes and committing do not (see ``_device``)."""
         started = time.perf_counter()
+        table = self.folder.read_inputs(shard)
+        rows = rows_of(table)
+        label_table = table.select(extra_names(table))
+        labels = {row.row_index: label_table.slice(i, 1) for i, row in enumerate(rows)}
         window = self.config.batch_size * PREPARE_WINDOW_BATCHES
-        windows = [rows[i : i + window] for i in range(0, len(rows), window)]
+        windows = [rows[i: i + window] for i in range(0, len(rows), window)]
         writer = self.layout.writer(self.storage, shard, self.config.output.image)
+        pending: list[tuple[ResultRecord, Future | None]] = []
+        failed = 0
         try:
-            pending = []
             upcoming = self._prepare_pool.submit(self._prepare, windows[0]) if windows else None
             with self._device:
                 for k in range(len(windows)):
                     prepared = upcoming.result()
                     upcoming = self._prepare_pool.submit(self._prepare, windows[k + 1]) if k + 1 < len(windows) else None
-                    pending.extend(self._run_prepared(shard, writer, prepared, on_rows))
-            records = [_settled(record, future) for record, future in sorted(pending, key=lambda p: p[0].row_index)]
-            writer.finish(records)
+                    refused = [p for p in prepared if isinstance(p, FailedRow)]
+                    pending += [(ResultRecord.failed(p.row, shard, p.error, p.kind, p.trace), None) for p in refused]
+                    failed += len(refused)
+                    if refused:
+                        yield ShardProgress(shard, len(pending), failed, self.name)
+                    ready = [p for p in prepared if isinstance(p, ReadyRow)]
+                    for batch in group_batches(ready, batch_key, self.config.batch_size):
+                        outcomes = self._generate(shard, writer, batch, labels)
+                        pending += outcomes
+                        failed += sum(future is None for _, future in outcomes)
+                        yield ShardProgress(shard, len(pending), failed, self.name)
+            order = {row.row_index: i for i, row in enumerate(rows)}
+            records = [_settled(r, f) for r, f in sorted(pending, key=lambda p: order[p[0].row_index])]
+            writer.finish(records, label_table)
         finally:
             writer.close()
-        return commit_shard(self.storage, shard, records, time.perf_counter() - started, self.name)
+        kinds = Counter(r.error_kind for r in records if r.status != "ok")
+        stats = ShardStats(shard, len(records), len(records) - sum(kinds.values()), sum(kinds.values()),
+                           round(time.perf_counter() - started, 3), self.name, job_id, dict(kinds))
+        self.folder.commit(shard, records_to_table(records, label_table), stats)
+        yield stats
 
 
 def _settled(record: ResultRecord, write: Future | None) -> ResultRecord:
@@ -198,22 +202,5 @@ def _settled(record: ResultRecord, write: Future | None) -> ResultRecord:
         write.result()
     except Exception as exc:  # noqa: BLE001
         log.warning("row %s: writing %s failed: %s", record.id, record.image, exc)
-        return replace(record, status="error", error=f"write failed: {exc}", image=None)
+        return replace(record, status="error", error=f"write failed: {exc}", error_kind="storage", image=None)
     return record
-
-
-def commit_shard(storage: Storage, shard: str, records: list[ResultRecord], seconds: float,
-                 worker: str) -> ShardStats:
-    """Metadata first, then the marker: a shard is committed exactly when its marker exists."""
-    storage.write_bytes(metadata_path(shard), table_to_parquet_bytes(records_to_table(records)))
-    ok = sum(r.status == "ok" for r in records)
-    stats = ShardStats(shard, len(records), ok, len(records) - ok, seconds, worker)
-    storage.write_bytes(marker_path(shard), json.dumps(asdict(stats)).encode())
-    return stats
-
-
-def commit_failed_shard(storage: Storage, shard: str, rows: list[GenerationRow], cause: str) -> ShardStats:
-    """A shard that could not run (its workers kept dying): every row gets an error row."""
-    records = [ResultRecord.for_row(r, shard, status="error", error=cause, timestamp=utc_now(),
-                                    **asdict(runtime_info(None))) for r in rows]
-    return commit_shard(storage, shard, records, 0.0, "driver")

@@ -9,7 +9,10 @@ whole record batch; only the final SHA-256 runs per row.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+
+import numpy as np
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -90,3 +93,41 @@ def _as_array(column: pa.Array | pa.ChunkedArray) -> pa.Array:
     if isinstance(column, pa.ChunkedArray):
         return column.combine_chunks()
     return column
+
+
+class ContentDigest:
+    """SHA-256 over every row's id, canonical generation parameters and labels, in row order: same
+    rows, same digest, however they are split into files and batches. (Two hashes, one of the row
+    lengths and one of the row bytes, so batch boundaries cannot shift bytes between rows.)"""
+
+    def __init__(self) -> None:
+        self._lengths = hashlib.sha256(_ID_VERSION + b"|lengths")
+        self._bytes = hashlib.sha256(_ID_VERSION + b"|rows")
+
+    def update(self, table: pa.Table, labels: pa.Table | None = None) -> None:
+        parts = [_length_prefixed(_as_array(table.column("id"))), canonical_params(table)]
+        for name in labels.column_names if labels is not None else ():
+            parts.append(_length_prefixed(pa.array([name] * labels.num_rows, pa.string())))
+            parts.append(_encode_label(_as_array(labels.column(name))))
+        rows = pc.binary_join_element_wise(*parts, "|", null_handling="replace", null_replacement=_NULL)
+        rows = pc.cast(rows, pa.large_string())
+        if not len(rows):
+            return
+        offsets = np.frombuffer(rows.buffers()[1], dtype=np.int64)[rows.offset: rows.offset + len(rows) + 1]
+        self._lengths.update(np.diff(offsets).astype("<i8").tobytes())
+        self._bytes.update(memoryview(rows.buffers()[2])[offsets[0]: offsets[-1]])
+
+    def hexdigest(self) -> str:
+        return hashlib.sha256(self._lengths.digest() + self._bytes.digest()).hexdigest()
+
+
+def _encode_label(values: pa.Array) -> pa.Array:
+    """A label cell as text: primitive types cast by Arrow, nested ones as JSON (rare, and slow)."""
+    t = values.type
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
+        return _encode_image(pc.cast(values, pa.binary()))
+    try:
+        return _length_prefixed(pc.cast(values, pa.string()))
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
+        text = [None if v is None else json.dumps(v, sort_keys=True, default=str) for v in values.to_pylist()]
+        return _length_prefixed(pa.array(text, pa.string()))

@@ -10,10 +10,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .ids import derive_ids
-from .schema import COLUMN_NAMES, COLUMNS, IMAGE
+from .schema import COLUMN_NAMES, COLUMNS, DEFAULTS, IMAGE
 
 _CASTS = {c.name: c.type for c in COLUMNS if c.type is not None}
-_DEFAULTS = {c.name: c.default for c in COLUMNS if c.default is not None}
 
 
 def _image_column(values: pa.Array | None, rows: int) -> pa.Array:
@@ -42,8 +41,8 @@ def normalise_batch(batch: pa.RecordBatch, default_model: str) -> pa.Table:
             continue
         target = _CASTS[column.name]
         values = pa.nulls(rows, target) if values is None else pc.cast(values, target, safe=False)
-        if column.name in _DEFAULTS:
-            values = pc.fill_null(values, _DEFAULTS[column.name])
+        if column.name in DEFAULTS:
+            values = pc.fill_null(values, DEFAULTS[column.name])
         columns[column.name] = values
     columns["prompt"] = pc.fill_null(columns["prompt"], "")
     model = columns["model"]

@@ -17,15 +17,19 @@ import pyarrow as pa
 MODES = ("txt2img", "img2img", "inpaint", "depth2img")
 IMAGE_COLUMNS = ("init_image", "mask_image", "depth_map")
 
-# Modes that may run with an empty prompt (diffusers accepts "" for image-conditioned pipelines).
-MODES_WITHOUT_PROMPT = ("img2img", "inpaint", "depth2img")
-# The image columns each mode needs a value in (depth2img estimates its depth map when absent).
+# The image columns each mode needs a value in, and those it may have (depth2img estimates its depth
+# map when absent); every other image column must be empty.
 MODE_IMAGES: dict[str, tuple[str, ...]] = {
     "txt2img": (),
     "img2img": ("init_image",),
     "inpaint": ("init_image", "mask_image"),
     "depth2img": ("init_image",),
 }
+MODE_OPTIONAL_IMAGES: dict[str, tuple[str, ...]] = {"depth2img": ("depth_map",)}
+# Modes that start from an image (they read `strength`); they may run with an empty prompt, as
+# diffusers' image-conditioned pipelines accept "".
+IMAGE_MODES = tuple(m for m in MODES if MODE_IMAGES[m])
+MODES_WITHOUT_PROMPT = IMAGE_MODES
 
 SEED_MAX = 2**64 - 1
 STEPS_RANGE = (1, 1000)
@@ -86,37 +90,55 @@ COLUMNS: tuple[Column, ...] = (
            type=pa.string()),
 )
 COLUMN_NAMES = tuple(c.name for c in COLUMNS)
+DEFAULTS = {c.name: c.default for c in COLUMNS if c.default is not None}
 COLUMNS_BY_NAME = {c.name: c for c in COLUMNS}
 # The columns that make a row's output: its derived id is a hash of these (after defaults).
 GENERATION_COLUMNS = tuple(n for n in COLUMN_NAMES if n != "id")
+
+# The batching key: rows equal in these columns (after defaults; strength only in image modes) can
+# share one batch. The planner groups rows into shards by it; the worker refines it with what only
+# the row's images decide (a size taken from an init image).
+BATCH_KEY_COLUMNS = ("model", "mode", "width", "height", "steps", "scheduler", "strength")
+
+
+def batch_key_table(table: pa.Table) -> pa.Table:
+    """The batching key columns of normalised rows, ``strength`` null where the mode ignores it."""
+    import pyarrow.compute as pc
+
+    keys = table.select(list(BATCH_KEY_COLUMNS))
+    image_mode = pc.is_in(table.column("mode"), value_set=pa.array(IMAGE_MODES, pa.string()))
+    strength = pc.if_else(image_mode, table.column("strength"), pa.scalar(None, pa.float64()))
+    return keys.set_column(BATCH_KEY_COLUMNS.index("strength"), "strength", strength)
+
 
 ImageCell = str | bytes | None
 
 
 @dataclass(frozen=True)
 class GenerationRow:
-    """One normalised manifest row: everything needed to generate and name its output."""
+    """One normalised manifest row: everything needed to generate and name its output. Built by
+    ``rows.rows_of`` from a normalised table; the field defaults are the schema's (``DEFAULTS``)."""
 
     row_index: int
     key: str  # path-safe output name
     id: str  # the id as the user gave it (or the derived one)
     prompt: str
     seed: int
-    negative_prompt: str = ""
-    mode: str = "txt2img"
-    guidance_scale: float = 7.5
-    steps: int = 50
+    negative_prompt: str = DEFAULTS["negative_prompt"]
+    mode: str = DEFAULTS["mode"]
+    guidance_scale: float = DEFAULTS["guidance_scale"]
+    steps: int = DEFAULTS["steps"]
     width: int | None = None
     height: int | None = None
     scheduler: str | None = None
-    strength: float = 0.8
+    strength: float = DEFAULTS["strength"]
     init_image: ImageCell = None
     mask_image: ImageCell = None
     depth_map: ImageCell = None
     model: str = ""
     extras: tuple[tuple[str, Any], ...] = field(default=())
 
-    def group_key(self) -> tuple:
-        """Rows with equal keys can share one batch."""
-        strength = self.strength if self.mode != "txt2img" else None
-        return (self.model, self.mode, self.width, self.height, self.steps, self.scheduler, strength)
+    def batch_key(self) -> tuple:
+        """This row's value of ``BATCH_KEY_COLUMNS`` (as ``batch_key_table`` gives it)."""
+        return tuple(getattr(self, c) if c != "strength" or self.mode in IMAGE_MODES else None
+                     for c in BATCH_KEY_COLUMNS)

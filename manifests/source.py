@@ -17,9 +17,8 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from sdbatch.jobs.storage import StorageOptions
-
 from .problems import ManifestError
+from .remote import S3Options, is_s3_uri, pyarrow_filesystem, split_s3_uri
 
 BATCH_ROWS = 65_536
 BATCH_BYTES = 16 * 2**20  # fewer rows a batch where rows are wide (image bytes in the manifest)
@@ -172,12 +171,12 @@ def _unify(files: list[str], schemas: list[pa.Schema]) -> pa.Schema:
     raise ManifestError("the files' schemas cannot be combined")  # not reached in practice
 
 
-def open_manifest(path: str | Path, storage: StorageOptions | None = None) -> ManifestSource:
+def open_manifest(path: str | Path, s3: S3Options | None = None) -> ManifestSource:
     """Open ``path`` (a Parquet file, a folder of them, Hive partitions included, or a glob; or an
-    ``s3://`` file or folder, read through pyarrow's S3 filesystem configured by ``storage``)."""
+    ``s3://`` file or folder, read through pyarrow's S3 filesystem configured by ``s3``)."""
     path = str(path)
-    if path.startswith("s3://"):
-        return _open_s3_manifest(path, storage or StorageOptions())
+    if is_s3_uri(path):
+        return _open_s3_manifest(path, s3 or S3Options())
     files, base = _list_files(path)
     schemas = _file_schemas(files)
     partitioning = None
@@ -193,20 +192,25 @@ def open_manifest(path: str | Path, storage: StorageOptions | None = None) -> Ma
     return ManifestSource(path=path, files=tuple(files), base=base.absolute(), dataset=dataset)
 
 
-def _open_s3_manifest(path: str, storage: StorageOptions) -> ManifestSource:
-    """An ``s3://`` Parquet file or folder of files (no globs, no Hive partitions)."""
-    from sdbatch.jobs.s3 import dataset_location, s3_folder_of
+def _open_s3_manifest(path: str, s3: S3Options) -> ManifestSource:
+    """An ``s3://`` Parquet file or folder of files (no globs, no Hive partitions). Relative image
+    paths resolve against the folder the manifest sits in (the URI itself when it names a folder)."""
+    from pyarrow import fs
 
     if _is_glob(path):
         raise ManifestError(f"{path}: globs are not supported on s3://; name a file or a folder")
     try:
-        location = dataset_location(path, storage)
-        files = sorted(ds.dataset(location.source, format="parquet", filesystem=location.filesystem).files)
-        base = s3_folder_of(path, storage)
-    except (OSError, pa.ArrowInvalid) as exc:
+        bucket, key = split_s3_uri(path)
+        filesystem = pyarrow_filesystem(s3)
+        where = f"{bucket}/{key}".rstrip("/")
+        is_folder = filesystem.get_file_info(where).type == fs.FileType.Directory
+        files = sorted(ds.dataset(where, format="parquet", filesystem=filesystem).files)
+    except (OSError, ValueError, pa.ArrowInvalid) as exc:
         raise ManifestError(f"{path}: cannot read: {exc}") from exc
     if not files:
         raise ManifestError(f"{path}: no Parquet files there")
-    schema = _unify(files, _file_schemas(files, location.filesystem))
-    dataset = ds.dataset(files, schema=schema, format="parquet", filesystem=location.filesystem)
+    folder = key if is_folder else key.rpartition("/")[0]
+    base = f"s3://{bucket}/{folder}".rstrip("/")
+    schema = _unify(files, _file_schemas(files, filesystem))
+    dataset = ds.dataset(files, schema=schema, format="parquet", filesystem=filesystem)
     return ManifestSource(path=path, files=tuple(files), base=base, dataset=dataset)

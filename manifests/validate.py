@@ -12,7 +12,7 @@ import difflib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -21,12 +21,14 @@ import pyarrow.compute as pc
 from .checks import check_batch, check_schema
 from .normalise import extra_columns, normalise_batch
 from .problems import ManifestError, Problem, ProblemLog
-from .schema import COLUMN_NAMES
+from .schema import BATCH_KEY_COLUMNS, COLUMN_NAMES, batch_key_table
 from .source import BATCH_ROWS, ManifestSource
 
 log = logging.getLogger(__name__)
 
-GROUP_COLUMNS = ("model", "mode", "width", "height", "steps", "scheduler", "strength")
+# Called once per record batch of the first pass with (first row number, the batch's normalised
+# schema columns, the batch as read, every column): how the planner sees each row exactly once.
+BatchObserver = Callable[[int, pa.Table, pa.RecordBatch], None]
 
 
 def known_schedulers() -> tuple[str, ...]:
@@ -65,25 +67,15 @@ class ManifestReport:
             raise ManifestError.from_problems(self.problems)
 
 
-def _group_key(row: dict) -> tuple:
-    """The planner's batching key (``GenerationRow.group_key``) from a normalised row."""
-    strength = row["strength"] if row["mode"] != "txt2img" else None
-    return (row["model"], row["mode"], row["width"], row["height"], row["steps"], row["scheduler"], strength)
-
-
 def _group_counts(table: pa.Table) -> Counter:
-    keyed = table.select(list(GROUP_COLUMNS)).set_column(
-        GROUP_COLUMNS.index("strength"), "strength",
-        pc.if_else(pc.equal(table.column("mode"), "txt2img"), pa.scalar(None, pa.float64()),
-                   table.column("strength")),
-    )
-    counts = keyed.group_by(list(GROUP_COLUMNS), use_threads=False).aggregate([([], "count_all")])
-    return Counter({_group_key(r): r["count_all"] for r in counts.to_pylist()})
+    keys = batch_key_table(table)
+    counts = keys.group_by(list(BATCH_KEY_COLUMNS), use_threads=False).aggregate([([], "count_all")])
+    return Counter({tuple(r[c] for c in BATCH_KEY_COLUMNS): r["count_all"] for r in counts.to_pylist()})
 
 
-def _group_rows(table: pa.Table) -> list[dict]:
-    """The batching-key columns of each row, as dicts for ``_group_key``."""
-    return table.select(list(GROUP_COLUMNS)).to_pylist()
+def _group_keys(table: pa.Table) -> list[tuple]:
+    """Each row's batching key."""
+    return list(zip(*(c.to_pylist() for c in batch_key_table(table).columns)))
 
 
 def _string_hashes(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -127,10 +119,14 @@ class _Scan:
     def columns(self) -> list[str]:
         return [n for n in COLUMN_NAMES if n in self.source.column_names]
 
-    def first_pass(self, batch_rows: int) -> None:
-        for offset, batch in self.source.batches(self.columns(), batch_rows):
-            check_batch(batch, offset, self.problems, self.schedulers)
-            table = normalise_batch(batch, self.default_model)
+    def first_pass(self, batch_rows: int, on_batch: BatchObserver | None = None) -> None:
+        known = self.columns()
+        for offset, batch in self.source.batches(None if on_batch else known, batch_rows):
+            checked = batch.select(known) if on_batch else batch
+            check_batch(checked, offset, self.problems, self.schedulers)
+            table = normalise_batch(checked, self.default_model)
+            if on_batch is not None and not self.problems:
+                on_batch(offset, table, batch)
             self.id_hashes.append(_string_hashes(table.column("id")))
             self.id_given.append(_given(batch))
             self.prompt_hashes.append(_string_hashes(pc.unique(table.column("prompt"))))
@@ -168,7 +164,7 @@ class _Scan:
             rows = np.flatnonzero(mask) + offset
             picked = batch.filter(pa.array(mask))
             table = normalise_batch(picked, self.default_model)
-            for row, row_id, norm in zip(rows.tolist(), table.column("id").to_pylist(), _group_rows(table)):
+            for row, row_id, key in zip(rows.tolist(), table.column("id").to_pylist(), _group_keys(table)):
                 first = first_row.setdefault(row_id, row)
                 if first == row:
                     continue
@@ -176,7 +172,7 @@ class _Scan:
                     refused.setdefault(row_id, [first]).append(row)
                 else:
                     duplicates.append(row)
-                    self.groups[_group_key(norm)] -= 1
+                    self.groups[key] -= 1
         if refused:
             rows = sorted(r for rs in refused.values() for r in rs)
             self.problems.add("id", "duplicate ids (each must be unique)", rows=rows, count=len(rows),
@@ -196,15 +192,17 @@ class _Scan:
 
 
 def validate_source(source: ManifestSource, default_model: str = "",
-                    schedulers: Sequence[str] | None = None, batch_rows: int = BATCH_ROWS) -> ManifestReport:
-    """Check every row of ``source``; problems are in the report, not raised."""
+                    schedulers: Sequence[str] | None = None, batch_rows: int = BATCH_ROWS,
+                    on_batch: BatchObserver | None = None) -> ManifestReport:
+    """Check every row of ``source``; problems are in the report, not raised. ``on_batch`` sees
+    every batch of the one streaming pass (until a problem is found: then it is no longer called)."""
     scan = _Scan(source, default_model, schedulers if schedulers is not None else known_schedulers())
     check_schema(source.schema, scan.problems)
     if scan.problems:
         report = scan.report(np.zeros(0, np.int64))
         report.rows = source.count_rows()
         return report
-    scan.first_pass(batch_rows)
+    scan.first_pass(batch_rows, on_batch)
     if scan.rows == 0:
         raise ManifestError(f"{source.path}: the manifest has no rows")
     candidates = scan.candidate_rows()

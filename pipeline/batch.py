@@ -7,21 +7,17 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-MODES = ("txt2img", "img2img", "inpaint", "depth2img")
-IMAGE_MODES = ("img2img", "inpaint", "depth2img")
-DEFAULT_STRENGTH = 0.8
-
-
 @dataclass(frozen=True)
 class BatchSettings:
-    """What every row of one batch shares. ``strength`` is ignored by txt2img."""
+    """What every row of one batch shares. ``mode`` names one of ``modes.STARTS``; ``strength`` is
+    read by the image modes only."""
 
     width: int
     height: int
     steps: int
     scheduler: str | None = None
     mode: str = "txt2img"
-    strength: float = DEFAULT_STRENGTH
+    strength: float = 1.0
 
 
 @dataclass(frozen=True, eq=False)  # holds images and arrays: compared by identity

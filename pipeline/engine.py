@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .batch import IMAGE_MODES, BatchSettings, RowInput
+from .batch import BatchSettings, RowInput
 from .loading import LoadedModel
 from .modes import STARTS, BatchContext, check_model_supports, denoising_timesteps
 from .schedulers import make_scheduler, scheduler_name, step_kwargs
@@ -62,15 +62,8 @@ class BatchedEngine:
             raise ValueError(f"{w}x{h} is too small for this model: at least {smallest}x{smallest}")
         for i, row in enumerate(rows):
             check_model_supports(self.model, settings.mode, has_depth_map=row.depth_map is not None)
-            if settings.mode not in IMAGE_MODES:
-                continue
-            needed = {"init_image": row.init_image}
-            if settings.mode == "inpaint":
-                needed["mask_image"] = row.mask_image
-            for name, image in needed.items():
-                if image is None:
-                    raise ValueError(f"row {i}: {settings.mode} needs {name}")
-                if image.size != (w, h):
+            for name, image in (("init_image", row.init_image), ("mask_image", row.mask_image)):
+                if image is not None and image.size != (w, h):
                     raise ValueError(f"row {i}: {name} is {image.width}x{image.height}, the batch is {w}x{h}")
 
     def _embeddings(self, rows: list[RowInput], cfg: list[int]) -> torch.Tensor:

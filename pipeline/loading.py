@@ -7,22 +7,19 @@ with no code change.
 
 from __future__ import annotations
 
+import json
 import logging
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 log = logging.getLogger(__name__)
 
-PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
+from .model_files import ModelLoadError, locate_model
+
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-class ModelLoadError(RuntimeError):
-    pass
 
 
 @dataclass
@@ -96,17 +93,6 @@ def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
         raise ModelLoadError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}") from None
 
 
-def _refuse_pickle_only_folder(folder: Path) -> None:
-    files = [p for p in folder.rglob("*") if p.is_file()]
-    pickles = [p for p in files if p.suffix in PICKLE_SUFFIXES]
-    if pickles and not any(p.suffix == ".safetensors" for p in files):
-        raise ModelLoadError(
-            f"{folder}: only pickle checkpoints found ({', '.join(sorted(p.name for p in pickles)[:3])}); "
-            "sdbatch loads safetensors weights only. Convert the folder with "
-            "`pipe.save_pretrained(DIR, safe_serialization=True)`."
-        )
-
-
 def load_model(name: str, device: str | torch.device = "auto", dtype: str | None = None,
                revision: str | None = None) -> LoadedModel:
     """Load ``name`` (a hub id or a local diffusers folder) onto ``device``."""
@@ -114,20 +100,12 @@ def load_model(name: str, device: str | torch.device = "auto", dtype: str | None
 
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    path = Path(name)
-    if path.is_file():
-        raise ModelLoadError(
-            f"{name}: is a single file; sdbatch loads diffusers folders or hub ids "
-            "(model_index.json plus safetensors components)"
-        )
-    if path.is_dir():
-        if not (path / "model_index.json").exists():
-            raise ModelLoadError(f"{name}: not a diffusers pipeline folder (no model_index.json)")
-        _refuse_pickle_only_folder(path)
-    try:
-        index = DiffusionPipeline.load_config(name, revision=revision)
-    except Exception as exc:  # hub errors, offline mode, missing folder
-        raise ModelLoadError(f"{name}: cannot read the pipeline's model_index.json: {exc}") from exc
+    location = locate_model(name, revision)
+    if location.kind == "builtin":
+        from .tiny import resolve_builtin_model
+
+        location = locate_model(resolve_builtin_model(name))
+    index = json.loads((location.folder / "model_index.json").read_text())
     # Components saved as null (e.g. a depth model saved without its depth estimator) load as None
     # rather than failing the whole pipeline; the engine says what a row needs that is missing.
     extra: dict[str, Any] = {
@@ -140,39 +118,19 @@ def load_model(name: str, device: str | torch.device = "auto", dtype: str | None
     try:
         with warnings.catch_warnings():  # diffusers renames torch_dtype to dtype; both are accepted
             warnings.simplefilter("ignore", FutureWarning)
-            pipe = DiffusionPipeline.from_pretrained(
-                name, torch_dtype=torch_dtype, use_safetensors=True, revision=revision, **extra
-            )
-    except (OSError, EnvironmentError, ValueError) as exc:
-        msg = str(exc)
+            source = dict(pretrained_model_name_or_path=name, revision=location.revision) if location.kind == "hub" \
+                else dict(pretrained_model_name_or_path=str(location.folder))
+            pipe = DiffusionPipeline.from_pretrained(**source, torch_dtype=torch_dtype, use_safetensors=True, **extra)
+    except Exception as exc:  # noqa: BLE001 - a broken component fails the model in one line, never a traceback
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "safetensors" in msg.lower():
-            raise ModelLoadError(
-                f"{name}: no safetensors weights; sdbatch refuses pickle checkpoints ({msg.splitlines()[0]})"
-            ) from exc
-        raise ModelLoadError(f"{name}: failed to load: {msg}") from exc
+            raise ModelLoadError(f"{name}: no safetensors weights; sdbatch refuses pickle checkpoints ({msg})") from exc
+        raise ModelLoadError(f"{name}: failed to load: {type(exc).__name__}: {msg}") from exc
     pipe.to(dev)
     pipe.set_progress_bar_config(disable=True)
     for part in ("unet", "vae", "text_encoder", "depth_estimator"):
         module = getattr(pipe, part, None)
         if module is not None:
             module.eval().requires_grad_(False)
-    resolved = revision or index.get("_commit_hash")
     log.info("loaded %s (%s) on %s as %s", name, type(pipe).__name__, dev, torch_dtype)
-    return LoadedModel(name=name, revision=resolved, pipe=pipe, device=dev, dtype=torch_dtype)
-
-
-def model_fingerprint(name: str, revision: str | None = None) -> str:
-    """What identifies a model's weights for resume checks: a content hash for a local folder
-    (configs and safetensors), the id and requested revision for a hub model."""
-    import hashlib
-
-    path = Path(name)
-    if not path.is_dir():
-        return f"hub:{name}@{revision or 'main'}"
-    h = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        h.update(str(file.relative_to(path)).encode())
-        with open(file, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                h.update(block)
-    return f"sha256:{h.hexdigest()}"
+    return LoadedModel(name=name, revision=location.revision, pipe=pipe, device=dev, dtype=torch_dtype)

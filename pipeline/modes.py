@@ -36,7 +36,7 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img impo
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from .batch import MODES, BatchSettings, RowInput
+from .batch import BatchSettings, RowInput
 from .loading import LoadedModel
 
 
@@ -51,8 +51,8 @@ class ModeError(ValueError):
 
 def check_model_supports(model: LoadedModel, mode: str, has_depth_map: bool = False) -> None:
     """Raise ModeError unless ``model`` can run ``mode`` (judged by its UNet's input channels)."""
-    if mode not in MODES:
-        raise ModeError("mode", f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    if mode not in STARTS:
+        raise ModeError("mode", f"unknown mode {mode!r}; choose one of {', '.join(STARTS)}")
     channels, latent = model.unet_in_channels, model.latent_channels
     kind = {latent: "plain", 2 * latent + 1: "inpainting", latent + 1: "depth"}.get(channels, "unknown")
     unet = f"model {model.name} has a {channels}-channel {kind} UNet"
@@ -142,7 +142,12 @@ def _mask_processor(vae_scale_factor: int) -> VaeImageProcessor:
                              do_convert_grayscale=True)
 
 
-def _pixels(ctx: BatchContext, images: list[Image.Image], processor: VaeImageProcessor) -> torch.Tensor:
+def _pixels(ctx: BatchContext, column: str, processor: VaeImageProcessor) -> torch.Tensor:
+    """Every row's image of ``column`` (the mode needs it) as the processor prepares it."""
+    images = [getattr(r, column) for r in ctx.rows]
+    missing = [i for i, image in enumerate(images) if image is None]
+    if missing:
+        raise ModeError(column, f"row {missing[0]}: {ctx.settings.mode} needs {column}")
     s = ctx.settings
     return processor.preprocess(images, height=s.height, width=s.width).to(dtype=torch.float32)
 
@@ -218,7 +223,7 @@ def start_txt2img(ctx: BatchContext) -> Start:
 
 
 def start_img2img(ctx: BatchContext) -> Start:
-    image = _pixels(ctx, [r.init_image for r in ctx.rows], _image_processor(ctx.model.vae_scale_factor))
+    image = _pixels(ctx, "init_image", _image_processor(ctx.model.vae_scale_factor))
     image_latents = _encode(ctx, image)
     return Start(_noised(ctx, image_latents, _noise(ctx)))
 
@@ -230,8 +235,8 @@ def start_depth2img(ctx: BatchContext) -> Start:
 
 def start_inpaint(ctx: BatchContext) -> Start:
     f = ctx.model.vae_scale_factor
-    image = _pixels(ctx, [r.init_image for r in ctx.rows], _image_processor(f))
-    mask = _pixels(ctx, [r.mask_image for r in ctx.rows], _mask_processor(f))
+    image = _pixels(ctx, "init_image", _image_processor(f))
+    mask = _pixels(ctx, "mask_image", _mask_processor(f))
     plain_unet = ctx.model.unet_in_channels == ctx.model.latent_channels
     strength_max = ctx.settings.strength == 1.0
     image_latents = _encode(ctx, image) if plain_unet or not strength_max else None

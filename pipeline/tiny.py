@@ -19,7 +19,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-VARIANTS = ("base", "inpaint", "depth")
+from .model_files import TINY_VARIANTS as VARIANTS  # noqa: E402 - named there, so choosing one needs no torch
 
 # The SD 1.5 scheduler config: what `from_pretrained` gives for the real model.
 SD15_SCHEDULER_CONFIG = dict(
@@ -216,11 +216,8 @@ def write_tiny_model(folder: str | Path, variant: str = "base", seed: int = 0) -
     folder = Path(folder)
     pipe = build_tiny_pipeline(variant, seed)
     pipe.save_pretrained(folder, safe_serialization=True)
-    log.info("wrote tiny %s model to %s", variant, folder)
+    log.debug("wrote tiny %s model to %s", variant, folder)
     return folder
-
-
-BUILTIN_PREFIX = "tiny"
 
 
 def resolve_builtin_model(model: str) -> str:
@@ -229,14 +226,21 @@ def resolve_builtin_model(model: str) -> str:
     returned unchanged (a hub id or a local folder)."""
     import os
 
-    name, _, variant = model.partition(":")
-    if name != BUILTIN_PREFIX or Path(model).exists():
+    from .cache import cache_dir
+    from .model_files import builtin_variant, is_builtin
+
+    if not is_builtin(model):
         return model
-    variant = variant or "base"
-    cache = Path(os.environ.get("SDBATCH_CACHE", Path.home() / ".cache" / "sdbatch"))
+    variant = builtin_variant(model)
+    if variant not in VARIANTS:
+        from .model_files import ModelLoadError
+
+        raise ModelLoadError(f"{model}: no built-in model of that name; built-in: "
+                             f"{', '.join('tiny' if v == 'base' else f'tiny:{v}' for v in VARIANTS)}")
+    cache = cache_dir()
     folder = cache / f"tiny-{variant}-seed0"
     if not (folder / "model_index.json").exists():
-        log.warning("using the built-in tiny random-weight model: its images are noise")
+        log.info("writing the built-in tiny random-weight model (its images are noise) to %s", folder)
         tmp = cache / f".tiny-{variant}-{os.getpid()}"
         write_tiny_model(tmp, variant, seed=0)
         try:

@@ -11,6 +11,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # more, and on a shared 2-core machine competing OpenMP threads run several times slower.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import socket
+import uuid
 from pathlib import Path
 
 import pyarrow as pa
@@ -39,3 +41,95 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 def write_manifest(path: Path, columns: dict) -> Path:
     pq.write_table(pa.table(columns), path)
     return path
+
+
+def planned_shards(manifest, default_model: str = "m", shard_size: int = 1000, batch_rows: int | None = None):
+    """The shards the planner writes for the workers (rows validated, normalised, ids and seeds
+    derived): ({shard name: its rows as GenerationRow objects}, the PlannedManifest)."""
+    import tempfile
+
+    from sdbatch.jobs.planning import plan_manifest
+    from sdbatch.manifests.rows import rows_of
+    from sdbatch.manifests.source import open_manifest
+
+    with tempfile.TemporaryDirectory() as staging:
+        kwargs = {"batch_rows": batch_rows} if batch_rows else {}
+        planned = plan_manifest(open_manifest(manifest), default_model, shard_size, Path(staging), **kwargs)
+        shards = {s.name: rows_of(pq.read_table(planned.planner.staged_file(s.name))) for s in planned.shards}
+    return shards, planned
+
+
+def planned_rows(manifest, default_model: str = "m", shard_size: int = 1000, batch_rows: int | None = None):
+    """Every distinct row of ``manifest`` as planned (see ``planned_shards``), in manifest order."""
+    shards, planned = planned_shards(manifest, default_model, shard_size, batch_rows)
+    return sorted((r for rows in shards.values() for r in rows), key=lambda r: r.row_index), planned
+
+
+def invoke(*args: str):
+    """``sdbatch ARGS`` in this process (no interpreter start-up, no second import of torch)."""
+    from click.testing import CliRunner
+
+    from sdbatch.cli.main import main
+
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+# -- S3: moto's server on loopback ------------------------------------------------------------------
+ACCESS_KEY = "AKIASDBATCHTESTKEY01"
+SECRET = f"sdbatch-test-secret-{uuid.uuid4().hex}"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def endpoint():
+    """A moto S3 server on loopback, and test credentials in the environment (inherited by sdbatch
+    subprocesses and Ray workers started after it, as a real deployment's would be)."""
+    from moto.server import ThreadedMotoServer
+
+    saved = dict(os.environ)
+    os.environ.update(AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET, AWS_DEFAULT_REGION="us-east-1",
+                      AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE="/nonexistent",
+                      AWS_SHARED_CREDENTIALS_FILE="/nonexistent")
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        os.environ.pop(name, None)
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.fixture
+def client(endpoint):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint)
+
+
+@pytest.fixture
+def bucket(client) -> str:
+    name = f"sdbatch-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=name)
+    return name
+
+
+def put(client, bucket: str, key: str, data: bytes) -> None:
+    client.put_object(Bucket=bucket, Key=key, Body=data)
+
+
+def get(client, bucket: str, key: str) -> bytes:
+    return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def keys(client, bucket: str, prefix: str) -> list[str]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return sorted(item["Key"] for page in pages for item in page.get("Contents", []))

@@ -10,10 +10,9 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from click.testing import CliRunner
 
-from conftest import write_manifest
-from sdbatch.jobs.cli import main
+from conftest import planned_rows, write_manifest
+from sdbatch.cli.main import main
 from sdbatch.manifests.ids import MAX_KEY_LENGTH
-from sdbatch.manifests.reader import load_manifest, load_rows
 from sdbatch.manifests.schema import SEED_MAX
 
 ROWS = {
@@ -29,6 +28,10 @@ def invoke(*args: str):
 
 def _slice(columns: dict, start: int, stop: int) -> dict:
     return {k: v[start:stop] for k, v in columns.items()}
+
+
+def load_rows(manifest, default_model: str):
+    return planned_rows(manifest, default_model)[0]
 
 
 def _summary(rows) -> list[tuple]:
@@ -156,9 +159,9 @@ def test_exact_duplicate_rows_are_generated_once_and_reported(tmp_path, tiny_bas
         "steps": [2, 2, 2, 3, 2, 2],
         "label": ["first", "x", "second", "y", "z", "w"],
     })
-    loaded = load_manifest(manifest, "m")
-    assert loaded.report.duplicate_rows == 2
-    assert [r.row_index for r in loaded.rows] == [0, 1, 3, 4]
+    rows, planned = planned_rows(manifest, "m")
+    assert planned.report.duplicate_rows == 2
+    assert [r.row_index for r in rows] == [0, 1, 3, 4]
     checked = invoke("validate", str(manifest))
     assert checked.exit_code == 0
     assert "rows: 6 (4 distinct; 2 exact duplicate rows are generated once)" in checked.output
@@ -185,18 +188,12 @@ def test_the_largest_seed_runs(tmp_path, tiny_base):
     assert all(r["status"] == "ok" for r in meta)
 
 
-def test_streaming_rows_equal_loaded_rows(tmp_path):
-    from sdbatch.manifests.reader import iter_row_batches
-    from sdbatch.manifests.source import open_manifest
-    from sdbatch.manifests.validate import validate_source
-
+def test_rows_are_the_same_whatever_the_read_batch_size(tmp_path):
+    """The manifest streams through validation and planning a record batch at a time."""
     manifest = write_manifest(tmp_path / "m.parquet", {
         "prompt": [f"p{i % 40}" for i in range(100)], "steps": [2] * 100, "label": list(range(100)),
     })
-    loaded = load_manifest(manifest, "m")
-    source = open_manifest(manifest)
-    report = validate_source(source, "m", schedulers=())
-    batches = list(iter_row_batches(source, "m", report.duplicate_row_numbers, batch_rows=16))
-    assert len(batches) > 1 and max(len(b) for b in batches) <= 16
-    assert [r for b in batches for r in b] == loaded.rows
-    assert len(loaded.rows) == 40
+    whole, _ = planned_rows(manifest, "m")
+    streamed, _ = planned_rows(manifest, "m", batch_rows=16)
+    assert streamed == whole
+    assert len(whole) == 40

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import write_manifest
-from sdbatch.jobs.cli import main
+from sdbatch.cli.main import main
 from sdbatch.manifests.schema import SEED_MAX
 
 # (case, manifest columns, substrings the refusal must contain)
@@ -172,10 +172,10 @@ def test_report_counts_rows_modes_prompts_and_batches(tmp_path):
 
 
 def test_planned_batches_match_the_planner(tmp_path):
-    """validate's count is what `run` will actually do, checked against jobs.plan itself."""
-    from sdbatch.jobs.manifest_commands import count_batches
-    from sdbatch.jobs.plan import group_batches, plan_shards
-    from sdbatch.manifests.reader import load_manifest
+    """validate's count is what `run` will actually do, checked against the planner itself."""
+    from conftest import planned_shards
+    from sdbatch.cli.manifest_commands import count_batches
+    from sdbatch.jobs.worker import group_batches
 
     n = 230
     manifest = write_manifest(tmp_path / "m.parquet", {
@@ -183,13 +183,11 @@ def test_planned_batches_match_the_planner(tmp_path):
         "steps": [(2, 3, 4)[i % 3] for i in range(n)],
         "width": [(32, 64)[i % 2] for i in range(n)],
     })
-    loaded = load_manifest(manifest, default_model="m")
-    by_index = {r.row_index: r for r in loaded.rows}
     for shard_size, batch_size in ((1000, 16), (25, 4), (7, 3)):
-        shards = plan_shards(loaded.rows, shard_size)
-        actual = sum(len(group_batches([by_index[i] for i in s.row_indices], lambda r: r.group_key(), batch_size))
-                     for s in shards)
-        assert count_batches(loaded.report.group_sizes, shard_size, batch_size) == actual
+        shards, planned = planned_shards(manifest, "m", shard_size=shard_size)
+        assert all(len({r.batch_key() for r in rows}) == 1 for rows in shards.values())  # one key a shard
+        actual = sum(len(group_batches(rows, lambda r: r.batch_key(), batch_size)) for rows in shards.values())
+        assert count_batches(planned.report.group_sizes, shard_size, batch_size) == actual
 
 
 def test_problem_rows_are_manifest_rows_across_batches_and_files(tmp_path):

@@ -15,7 +15,7 @@ from diffusers import (
 )
 from PIL import Image
 
-from sdbatch.jobs.cli import main
+from sdbatch.cli.main import main
 from sdbatch.pipeline.loading import ModelLoadError, load_model
 
 

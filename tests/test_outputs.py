@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-import logging
 import tarfile
 from pathlib import Path
 
@@ -70,13 +69,13 @@ def test_files_layout_loads_with_datasets_imagefolder_with_parameters_as_columns
     assert loaded.features["timestamp"].dtype.startswith("timestamp")
 
 
-def test_ids_with_split_words_are_warned_about_and_load_with_data_files(tiny_base, tmp_path, caplog):
+def test_ids_with_split_words_are_warned_about_and_load_with_data_files(tiny_base, tmp_path):
     ids = ["test-1", "cat", "train_2", "val.3"]
     manifest = write_manifest(tmp_path / "m.parquet", {"id": ids, "prompt": ids, "steps": [2] * 4})
     out = tmp_path / "out"
-    with caplog.at_level(logging.WARNING, logger="sdbatch.jobs.layouts"):
-        assert run(manifest, out, tiny_base).exit_code == 0
-    assert "3 row id(s) such as 'test-1' hold a word datasets reads as a split name" in caplog.text
+    result = run(manifest, out, tiny_base)
+    assert result.exit_code == 0
+    assert "3 row id(s) such as 'test-1' hold a word datasets reads as a split name" in result.output
     loaded = datasets.load_dataset("imagefolder", data_files={"train": f"{out}/images/**"}, split="train",
                                    cache_dir=str(tmp_path / "hf-cache"))
     assert sorted(loaded["id"]) == sorted(ids) and "prompt" in loaded.column_names
@@ -178,6 +177,6 @@ def test_output_options_are_checked_and_a_rerun_with_another_format_is_refused(m
     out = tmp_path / "out"
     run(manifest, out, tiny_base, "--format", "jpeg")
     other = run(manifest, out, tiny_base, "--format", "webp")
-    assert other.exit_code == 2 and "image_format ('jpeg' then, 'webp' now)" in other.output
+    assert other.exit_code == 2 and "--format (jpeg then, webp now)" in other.output
     other = run(manifest, out, tiny_base, "--format", "jpeg", "--layout", "webdataset")
-    assert other.exit_code == 2 and "layout ('files' then, 'webdataset' now)" in other.output
+    assert other.exit_code == 2 and "--layout (files then, webdataset now)" in other.output

@@ -7,76 +7,49 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
-import boto3
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
-from moto.server import ThreadedMotoServer
 from PIL import Image
 
-from conftest import write_manifest
-from sdbatch.jobs.storage import StorageOptions, open_storage
+from conftest import ACCESS_KEY, SECRET, get, invoke, keys, put, write_manifest
+from sdbatch.jobs.storage import open_storage
+from sdbatch.manifests.remote import S3Options
 
-CLI = [sys.executable, "-m", "sdbatch.jobs.cli"]
-ACCESS_KEY = "AKIASDBATCHTESTKEY01"
-SECRET = f"sdbatch-test-secret-{uuid.uuid4().hex}"
+CLI = [sys.executable, "-m", "sdbatch.cli"]
 ROWS = 24
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+@dataclass
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
 
 
-@pytest.fixture(scope="module")
-def endpoint():
-    """A moto S3 server on loopback, and test credentials in the environment (inherited by the
-    sdbatch subprocesses, as a real deployment's would be)."""
-    saved = dict(os.environ)
-    os.environ.update(AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET, AWS_DEFAULT_REGION="us-east-1",
-                      AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE="/nonexistent",
-                      AWS_SHARED_CREDENTIALS_FILE="/nonexistent")
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-        os.environ.pop(name, None)
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+def sdbatch(*args: str, env: dict | None = None) -> Ran:
+    """``sdbatch ARGS`` in this process, with ``env`` added to the environment meanwhile."""
+    saved = {name: os.environ.get(name) for name in env or {}}
+    os.environ.update(env or {})
     try:
-        yield f"http://127.0.0.1:{port}"
+        result = invoke(*args)
     finally:
-        server.stop()
-        os.environ.clear()
-        os.environ.update(saved)
-
-
-@pytest.fixture
-def client(endpoint):
-    return boto3.client("s3", endpoint_url=endpoint)
-
-
-@pytest.fixture
-def bucket(client) -> str:
-    name = f"sdbatch-{uuid.uuid4().hex[:12]}"
-    client.create_bucket(Bucket=name)
-    return name
-
-
-def sdbatch(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    return Ran(result.exit_code, result.stdout, result.stderr)
 
 
 def png(seed: int, size: int = 32) -> bytes:
@@ -84,19 +57,6 @@ def png(seed: int, size: int = 32) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def put(client, bucket: str, key: str, data: bytes) -> None:
-    client.put_object(Bucket=bucket, Key=key, Body=data)
-
-
-def get(client, bucket: str, key: str) -> bytes:
-    return client.get_object(Bucket=bucket, Key=key)["Body"].read()
-
-
-def keys(client, bucket: str, prefix: str) -> list[str]:
-    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
 
 
 def manifest_columns(cells: list[str]) -> dict:
@@ -196,10 +156,12 @@ def test_s3_job_killed_mid_run_resumes_exactly_once_and_verifies(tiny_base, endp
     assert 2 <= committed < ROWS // 2, "the kill should land mid-job"
 
     status = sdbatch("status", out, "--s3-endpoint-url", endpoint)
-    assert status.returncode == 1 and f"{committed}/{ROWS // 2} shards" in status.stdout
+    assert status.returncode == 3 and f"{committed}/{ROWS // 2} shards" in status.stdout
     rerun = sdbatch(*args)
     assert rerun.returncode == 0, rerun.stderr
     assert f"({2 * committed} already done)" in rerun.stdout
+    assert not [k for k in keys(client, bucket, "out/images/")  # the killed run's uncommitted images went
+                if not k.split("/")[2] + ".json" in {m.rsplit("/", 1)[1] for m in keys(client, bucket, "out/_job/shards/")}]
     verify = sdbatch("verify", out, "--s3-endpoint-url", endpoint)
     assert verify.returncode == 0, verify.stdout
     assert "complete" in sdbatch("status", out, "--s3-endpoint-url", endpoint).stdout
@@ -220,11 +182,13 @@ def test_webdataset_layout_on_s3_via_aws_endpoint_url(tiny_base, endpoint, clien
     })
     out = f"s3://{bucket}/wds"
     env = {"AWS_ENDPOINT_URL": endpoint}  # the standard variable, no option
-    result = sdbatch("-vv", "run", str(manifest), "--out", out, "--executor", "local", "--model", tiny_base,
-                     "--device", "cpu", "--shard-size", "4", "--layout", "webdataset", "--format", "jpeg",
-                     "--s3-path-style", env=env)
+    # its own process, so everything the most verbose log holds reaches its stderr
+    result = subprocess.run([*CLI, "-vv", "run", str(manifest), "--out", out, "--executor", "local", "--model",
+                             tiny_base, "--device", "cpu", "--shard-size", "4", "--layout", "webdataset",
+                             "--format", "jpeg", "--s3-path-style"], capture_output=True, text=True,
+                            env={**os.environ, **env})
     assert result.returncode == 0, result.stderr
-    assert "DEBUG" in result.stderr  # the most verbose log there is ...
+    assert "debug:" in result.stderr and "botocore" in result.stderr  # the most verbose log there is ...
     assert_no_credentials(result.stdout, result.stderr)  # ... and still no credential in it
     assert sdbatch("verify", out, "--s3-path-style", env=env).returncode == 0
     assert keys(client, bucket, "wds/shards/") == ["wds/shards/00000.tar", "wds/shards/00001.tar"]
@@ -240,7 +204,7 @@ def test_webdataset_layout_on_s3_via_aws_endpoint_url(tiny_base, endpoint, clien
 
 
 def test_large_objects_are_written_whole_by_multipart_upload(endpoint, bucket, client):
-    storage = open_storage(f"s3://{bucket}/big", StorageOptions(endpoint_url=endpoint, multipart_bytes=5 * 2**20))
+    storage = open_storage(f"s3://{bucket}/big", S3Options(endpoint_url=endpoint, multipart_bytes=5 * 2**20))
     data = os.urandom(11 * 2**20)
     storage.write_fileobj("shards/00000.tar", io.BytesIO(data))
     head = client.head_object(Bucket=bucket, Key="big/shards/00000.tar")
@@ -289,26 +253,10 @@ def test_bad_s3_locations_get_clear_errors(tiny_base, endpoint, client, bucket, 
     assert rows["ok"]["status"] == "ok"
     assert rows["gone"]["error"].endswith(f"column init_image: object not found: s3://{bucket}/in/missing.png")
 
-    no_credentials = sdbatch("run", str(manifest), "--out", f"s3://{bucket}/o3", *common,
-                             env={"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""})
+    no_credentials = subprocess.run(  # a process of its own: credentials are found once per process
+        [*CLI, "run", str(manifest), "--out", f"s3://{bucket}/o3", *common], capture_output=True, text=True,
+        env={**os.environ, "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""})
     assert no_credentials.returncode == 2 and "no AWS credentials found" in no_credentials.stderr
 
     verify = sdbatch("verify", "s3://no-such-bucket-here/out", "--s3-endpoint-url", endpoint)
     assert verify.returncode == 2 and "does not exist" in verify.stderr
-
-
-def test_two_ray_actors_write_to_s3(tiny_base, endpoint, client, bucket, inputs, reference):
-    manifest = upload_job(client, bucket, inputs)
-    out = f"s3://{bucket}/ray"
-    # RAY_ADDRESS=local: a Ray instance of this test's own, even when another one runs on this machine
-    # (ray.init() without an address would join that one, whose workers may import other code)
-    result = sdbatch("run", manifest, "--out", out, "--actors", "2", "--model", tiny_base, "--device", "cpu",
-                     "--shard-size", "2", "--batch-size", "2", "--s3-endpoint-url", endpoint,
-                     env={"RAY_ADDRESS": "local"})
-    assert result.returncode == 0, result.stderr
-    assert sdbatch("verify", out, "--s3-endpoint-url", endpoint).returncode == 0
-    assert_same_images(s3_images(client, bucket, "ray"), reference)
-    summary = json.loads(get(client, bucket, "ray/_job/summary.json"))
-    assert set(summary["per_actor"]) == {"actor-0", "actor-1"}
-    assert_no_credentials(result.stdout, result.stderr, get(client, bucket, "ray/_job/plan.json"),
-                          json.dumps(summary))

@@ -10,7 +10,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from click.testing import CliRunner
 
-from sdbatch.jobs.cli import main
+from sdbatch.cli.main import main
 
 
 def invoke(*args: str):

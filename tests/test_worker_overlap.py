@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from conftest import write_manifest
+from sdbatch.jobs.executor import ShardProgress
 from sdbatch.jobs.layouts import OutputSpec
+from sdbatch.jobs.outdir import OutputFolder
+from sdbatch.jobs.planning import plan_manifest
 from sdbatch.jobs.storage import LocalStorage
-from sdbatch.jobs.worker import ShardWorker, WorkerConfig
-from sdbatch.manifests.reader import load_rows
+from sdbatch.jobs.worker import ShardWorker
+from sdbatch.jobs.worker_config import WorkerConfig
+from sdbatch.manifests.source import open_manifest
 
 
 class SlowUploads(LocalStorage):
@@ -28,21 +33,38 @@ class SlowUploads(LocalStorage):
         super().write_fileobj(relpath, source)
 
 
+def planned_folder(manifest: Path, model: str, storage, shard_size: int) -> OutputFolder:
+    folder = OutputFolder(storage)
+    planned = plan_manifest(open_manifest(manifest), model, shard_size, storage.staging_folder())
+    for shard in planned.shards:
+        folder.move_inputs_in(shard.name, planned.planner.staged_file(shard.name))
+    return folder
+
+
 def test_next_shard_generates_while_the_previous_shards_upload_is_in_flight(tiny_base, tmp_path):
     manifest = write_manifest(tmp_path / "m.parquet", {"id": list("abcd"), "prompt": list("abcd"), "steps": [2] * 4})
-    rows = load_rows(manifest, tiny_base)
     storage = SlowUploads(tmp_path / "out")
-    worker = ShardWorker(storage, WorkerConfig(device="cpu", batch_size=2, output=OutputSpec(layout="webdataset")))
+    folder = planned_folder(manifest, tiny_base, storage, shard_size=2)
+    worker = ShardWorker(folder, WorkerConfig(device="cpu", batch_size=2, output=OutputSpec(layout="webdataset")))
     worker.load([tiny_base])
     second_generated = threading.Event()
+
+    def run(shard: str, generated: threading.Event | None = None):
+        events = []
+        for event in worker.run_shard(shard):
+            events.append(event)
+            if generated is not None and isinstance(event, ShardProgress) and event.rows == 2:
+                generated.set()  # every row of the shard generated
+        return events[-1]
+
     threads = ThreadPoolExecutor(2)
     try:
-        first = threads.submit(worker.run_shard, "00000", rows[:2])
+        first = threads.submit(run, "00000")
         assert storage.upload_started.wait(300)
-        second = threads.submit(worker.run_shard, "00001", rows[2:],
-                                on_rows=lambda done, failed: second_generated.set())
+        second = threads.submit(run, "00001", second_generated)
         assert second_generated.wait(120), "the second shard waited for the first one's upload"
-        assert not first.done()  # still uploading, and the device was busy meanwhile
+        # the first shard's tar was still on its way: nothing of it visible yet
+        assert not (tmp_path / "out" / "shards" / "00000.tar").exists()
         storage.release.set()
         assert first.result().ok == 2 and second.result().ok == 2
     finally:

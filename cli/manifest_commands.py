@@ -23,7 +23,8 @@ from sdbatch.manifests.sweep import (
 )
 from sdbatch.manifests.validate import ManifestReport, known_schedulers, validate_source
 
-EXIT_OK, EXIT_REFUSED = 0, 2
+from . import exit_codes
+
 DEFAULT_MAX_ROWS = 100_000
 
 
@@ -83,10 +84,10 @@ def validate(manifest: str, batch_size: int, shard_size: int) -> None:
         report = validate_source(open_manifest(manifest))
     except ManifestError as exc:
         click.echo(f"error: manifest refused: {exc}", err=True)
-        sys.exit(EXIT_REFUSED)
+        sys.exit(exit_codes.REFUSED)
     for line in format_report(report, batch_size, shard_size):
         click.echo(line)
-    sys.exit(EXIT_REFUSED if report.problems else EXIT_OK)
+    sys.exit(exit_codes.REFUSED if report.problems else exit_codes.OK)
 
 
 _AXIS_ALIASES = {"prompts": "prompt", "seed": "seeds", "negative_prompt": "negative-prompt",
@@ -157,15 +158,15 @@ def sweep(out, prompt, prompts_file, negative_prompt, seeds, guidance, steps, sc
         plan = plan_sweep(axes, groups, known_schedulers())
     except SweepError as exc:
         click.echo(f"error: sweep refused: {exc}", err=True)
-        sys.exit(EXIT_REFUSED)
+        sys.exit(exit_codes.REFUSED)
     click.echo(f"sweep: {plan.describe()} = {plan.rows:,} rows")
     if plan.rows > max_rows:
         click.echo(f"error: sweep refused: {plan.rows:,} rows is more than --max-rows {max_rows:,}; "
                    "raise --max-rows to write it", err=True)
-        sys.exit(EXIT_REFUSED)
+        sys.exit(exit_codes.REFUSED)
     try:
         write_sweep(plan, out)
     except OSError as exc:
         click.echo(f"error: sweep refused: cannot write {out}: {exc}", err=True)
-        sys.exit(EXIT_REFUSED)
+        sys.exit(exit_codes.REFUSED)
     click.echo(f"wrote {plan.rows:,} rows to {out}")

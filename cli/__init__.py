@@ -1,0 +1,1 @@
+"""sdbatch.cli: the command line, and the composition root (the one package that knows every other)."""

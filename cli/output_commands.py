@@ -1,0 +1,84 @@
+"""``sdbatch status`` and ``sdbatch verify``: reading a job's OUT back (no torch: they answer fast)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from . import exit_codes
+from .options import s3_from, s3_options
+
+SHOWN_PROBLEMS = 50
+
+
+def _folder(out: str, s3):
+    """OUT opened and checked; an unreadable OUT or a damaged plan is one line, exit 2."""
+    from sdbatch.jobs.outdir import OutputFolder
+    from sdbatch.jobs.storage import StorageError, open_storage
+
+    try:
+        storage = open_storage(out, s3)
+        storage.check()
+    except StorageError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exit_codes.REFUSED)
+    return OutputFolder(storage)
+
+
+def _reading(read):
+    from sdbatch.jobs.outdir import DamagedOutput
+    from sdbatch.jobs.storage import StorageError
+
+    try:
+        return read()
+    except (StorageError, DamagedOutput) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exit_codes.REFUSED)
+
+
+@click.command()
+@click.argument("out")
+@s3_options
+def status(out: str, s3_endpoint_url, s3_path_style, s3_retries) -> None:
+    """Show done / total for the job in OUT (while it runs, or after it stopped).
+
+    Exits 0 when every planned shard is committed, 3 when some are not (running, or stopped: the
+    same run command resumes), 2 when OUT holds no sdbatch job or cannot be read.
+    """
+    from sdbatch.jobs.outdir import job_status
+
+    folder = _folder(out, s3_from(s3_endpoint_url, s3_path_style, s3_retries))
+    report = _reading(lambda: job_status(folder))
+    click.echo(report.text())
+    if not report.found:
+        sys.exit(exit_codes.REFUSED)
+    sys.exit(exit_codes.OK if report.complete else exit_codes.INCOMPLETE)
+
+
+@click.command()
+@click.argument("out")
+@s3_options
+def verify(out: str, s3_endpoint_url, s3_path_style, s3_retries) -> None:
+    """Check OUT: one metadata row per planned row, every ok image decodes, no stray or partial files.
+
+    Exits 0 when every check holds, 1 when problems are found (listed), 3 when the job is
+    incomplete but sound (the same run command resumes it), 2 when OUT cannot be read.
+    """
+    from sdbatch.jobs.outdir import verify as verify_folder
+
+    folder = _folder(out, s3_from(s3_endpoint_url, s3_path_style, s3_retries))
+    verdict = _reading(lambda: verify_folder(folder))
+    for problem in verdict.problems[:SHOWN_PROBLEMS]:
+        click.echo(f"problem: {problem}")
+    if len(verdict.problems) > SHOWN_PROBLEMS:
+        click.echo(f"... and {len(verdict.problems) - SHOWN_PROBLEMS} more")
+    if verdict.problems:
+        click.echo(f"verify: {len(verdict.problems)} problem(s)")
+        sys.exit(exit_codes.ROWS_FAILED)
+    if verdict.uncommitted:
+        click.echo(f"verify: incomplete: {verdict.planned - len(verdict.uncommitted):,} of {verdict.planned:,} "
+                   "shards committed, and they are sound; run the same command again to resume")
+        sys.exit(exit_codes.INCOMPLETE)
+    click.echo("verify: ok")
+    sys.exit(exit_codes.OK)

@@ -1,0 +1,385 @@
+"""The output folder, OUT: every path in it, the job's plan, the commit protocol, resume, clearing,
+``sdbatch status`` and ``sdbatch verify``. No other module names a path in OUT.
+
+::
+
+    OUT/_job/plan.json                  what decides the outputs (resume compares it)
+    OUT/_job/inputs/<shard>.parquet     the shard's manifest rows, normalised (written at planning)
+    OUT/_job/shards/<shard>.json        the shard's commit marker (its stats)
+    OUT/_job/summary.json               the last run's summary
+    OUT/_job/pending/<shard>/           a local shard's images until it commits
+    OUT/_job/tmp/                       local writes in progress (renamed into place when whole)
+    OUT/metadata/<shard>.parquet        one metadata row per manifest row of the shard
+    OUT/images/<shard>/...              files layout (see layouts.py)
+    OUT/shards/<shard>.tar              webdataset layout
+
+A shard commits in this order: its images (and its layout's own metadata) appear, then
+``metadata/<shard>.parquet``, then the marker. A shard is committed exactly when its marker exists
+and names this job; everything a reader should use is reachable from committed markers. Nothing
+here imports torch: ``status`` and ``verify`` answer in about a second.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections import Counter
+from dataclasses import asdict, dataclass, field, fields
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .storage import Storage
+
+log = logging.getLogger(__name__)
+
+PLAN_VERSION = 2
+JOB = "_job"
+PLAN = f"{JOB}/plan.json"
+SUMMARY = f"{JOB}/summary.json"
+INPUTS = f"{JOB}/inputs"
+MARKERS = f"{JOB}/shards"
+PENDING = f"{JOB}/pending"
+METADATA = "metadata"
+IMAGES = "images"
+TARS = "shards"
+# What a job writes (a new job clears them; _job/tmp holds this run's own staging, and stays).
+OUTPUT_PREFIXES = (IMAGES, TARS, METADATA, INPUTS, MARKERS, PENDING)
+OUTPUT_FILES = (PLAN, SUMMARY)
+
+
+def inputs_path(shard: str) -> str:
+    return f"{INPUTS}/{shard}.parquet"
+
+
+def marker_path(shard: str) -> str:
+    return f"{MARKERS}/{shard}.json"
+
+
+def metadata_path(shard: str) -> str:
+    return f"{METADATA}/{shard}.parquet"
+
+
+def image_folder(shard: str) -> str:
+    return f"{IMAGES}/{shard}"
+
+
+def pending_folder(shard: str) -> str:
+    return f"{PENDING}/{shard}"
+
+
+def tar_path(shard: str) -> str:
+    return f"{TARS}/{shard}.tar"
+
+
+def shard_name(number: int) -> str:
+    return f"{number:05d}"
+
+
+class DamagedOutput(RuntimeError):
+    """A file of OUT's own that cannot be read (garbage, truncated): names it and what to do."""
+
+
+# -- the plan ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OutputOptions:
+    """The options that decide what a job writes (a rerun may not change them)."""
+
+    dtype: str
+    shard_size: int
+    layout: str = "files"
+    image_format: str = "png"
+    quality: int | None = None  # jpeg / webp only
+
+
+# How each option is spelled on the command line, for messages.
+OPTION_FLAGS = {"dtype": "--dtype", "shard_size": "--shard-size", "layout": "--layout",
+                "image_format": "--format", "quality": "--quality"}
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    name: str
+    rows: int
+
+
+@dataclass
+class JobPlan:
+    options: OutputOptions
+    manifest: str  # where it was read from (informative; moving a manifest does not change the job)
+    fingerprint: str  # every distinct row's id, parameters and labels (manifests.ids.ContentDigest)
+    models: dict[str, str]  # model as written -> its fingerprint
+    rows: int  # distinct rows planned
+    shards: list[ShardPlan]
+    duplicate_rows: int = 0  # manifest rows equal to an earlier row, generated once with it
+    version: int = PLAN_VERSION
+
+    @property
+    def job_id(self) -> str:
+        """What a commit marker records: which job's plan it belongs to."""
+        import hashlib
+
+        body = json.dumps([self.fingerprint, asdict(self.options), sorted(self.models.items())], sort_keys=True)
+        return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "JobPlan":
+        body = json.loads(text)
+        if body.get("version") != PLAN_VERSION:
+            raise ValueError(f"plan format {body.get('version', 1)}, this sdbatch writes {PLAN_VERSION}")
+        body["options"] = OutputOptions(**body["options"])
+        body["shards"] = [ShardPlan(**s) for s in body["shards"]]
+        return cls(**body)
+
+    def differences(self, other: "JobPlan") -> list[str]:
+        """What differs between this (earlier) plan and ``other``, in the words a user knows."""
+        out = []
+        if self.fingerprint != other.fingerprint:
+            out.append("the manifest's rows (their ids, parameters or labels)")
+        for f in fields(OutputOptions):
+            then, now = getattr(self.options, f.name), getattr(other.options, f.name)
+            if then != now:
+                out.append(f"{OPTION_FLAGS[f.name]} ({_shown(then)} then, {_shown(now)} now)")
+        if self.models != other.models:
+            changed = sorted(set(self.models.items()) ^ set(other.models.items()))
+            names = sorted({name for name, _ in changed})
+            out.append(f"the models or their weights ({', '.join(names)})")
+        if not out and self.shards != other.shards:
+            out.append("the shard plan")
+        return out
+
+
+def _shown(value) -> str:
+    return "default" if value is None else str(value)
+
+
+@dataclass
+class ShardStats:
+    """A shard's commit marker: written last, and naming its job (a marker of another job's plan
+    is not a commit of this one)."""
+
+    shard: str
+    rows: int
+    ok: int
+    failed: int
+    seconds: float
+    worker: str = ""
+    job: str = ""
+    errors: dict[str, int] = field(default_factory=dict)  # failed rows by error kind
+
+
+# -- the folder -----------------------------------------------------------------------------------
+class OutputFolder:
+    """OUT, read and written through a ``Storage``."""
+
+    def __init__(self, storage: Storage):
+        self.storage = storage
+
+    @property
+    def root(self) -> str:
+        return self.storage.root
+
+    # plan and summary
+    def read_plan(self) -> JobPlan | None:
+        if not self.storage.exists(PLAN):
+            return None
+        try:
+            return JobPlan.from_json(self.storage.read_bytes(PLAN).decode())
+        except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
+            raise DamagedOutput(f"{self.storage.url(PLAN)} cannot be read ({exc}); this OUT was not written by "
+                                "this sdbatch or was damaged: use another --out, or --overwrite to start over") from None
+
+    def write_plan(self, plan: JobPlan) -> None:
+        self.storage.write_bytes(PLAN, plan.to_json().encode())
+
+    def write_summary(self, summary: dict) -> None:
+        self.storage.write_bytes(SUMMARY, json.dumps(summary, indent=1).encode())
+
+    # shard inputs
+    def move_inputs_in(self, shard: str, local_file) -> None:
+        self.storage.move_in(inputs_path(shard), local_file)
+
+    def shards_with_inputs(self) -> set[str]:
+        return {p.rsplit("/", 1)[-1].removesuffix(".parquet") for p in self.storage.list(INPUTS)}
+
+    def read_inputs(self, shard: str) -> pa.Table:
+        return pq.read_table(io.BytesIO(self.storage.read_bytes(inputs_path(shard))))
+
+    # commits
+    def committed(self, job_id: str | None = None) -> dict[str, ShardStats]:
+        """Committed shards (of the job ``job_id``, when given); unreadable markers are skipped."""
+        done = {}
+        for path in self.storage.list(MARKERS):
+            if not path.endswith(".json"):
+                continue
+            stats = self._marker(path)
+            if stats is not None and (job_id is None or stats.job == job_id):
+                done[stats.shard] = stats
+        return done
+
+    def committed_shard(self, shard: str, job_id: str) -> ShardStats | None:
+        """The shard's commit marker, if this job committed it."""
+        if not self.storage.exists(marker_path(shard)):
+            return None
+        stats = self._marker(marker_path(shard))
+        return stats if stats is not None and stats.job == job_id else None
+
+    def _marker(self, path: str) -> ShardStats | None:
+        try:
+            return ShardStats(**json.loads(self.storage.read_bytes(path)))
+        except (ValueError, TypeError, UnicodeDecodeError) as exc:
+            log.warning("ignoring damaged commit marker %s (%s)", path, exc)
+            return None
+
+    def commit(self, shard: str, metadata: pa.Table, stats: ShardStats) -> None:
+        """The last two steps of a commit (the layout has published the images): metadata, marker."""
+        self.storage.write_bytes(metadata_path(shard), table_bytes(metadata))
+        self.storage.write_bytes(marker_path(shard), json.dumps(asdict(stats)).encode())
+
+    def commit_failed(self, shard: str, job_id: str, cause: str) -> ShardStats:
+        """Commit every row of a shard that could not run (its workers kept dying) as an error row
+        saying why."""
+        from sdbatch.manifests.rows import extra_names, rows_of
+
+        from .records import ResultRecord, records_to_table
+
+        table = self.read_inputs(shard)
+        records = [ResultRecord.failed(row, shard, cause, "internal") for row in rows_of(table)]
+        self.discard_uncommitted(shard)
+        stats = ShardStats(shard, len(records), 0, len(records), 0.0, "driver", job_id, {"internal": len(records)})
+        self.commit(shard, records_to_table(records, table.select(extra_names(table))), stats)
+        return stats
+
+    def uncommit(self, shard: str) -> None:
+        """Forget a shard's commit (its outputs are redone by the next run)."""
+        self.storage.delete(marker_path(shard))
+
+    def discard_uncommitted(self, shard: str) -> None:
+        """Remove what an attempt at a shard wrote before it committed (its images in progress)."""
+        for prefix in (pending_folder(shard), image_folder(shard)):
+            self.storage.delete_prefix(prefix)
+        self.storage.delete(tar_path(shard))
+        self.storage.delete(metadata_path(shard))
+
+    def clear(self) -> None:
+        """Remove what an earlier, different job wrote into OUT (--overwrite, or a job that had
+        committed nothing yet)."""
+        for prefix in OUTPUT_PREFIXES:
+            self.storage.delete_prefix(prefix)
+        for path in OUTPUT_FILES:
+            self.storage.delete(path)
+
+
+def table_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()
+
+
+# -- status and verify -------------------------------------------------------------------------------
+@dataclass
+class JobStatus:
+    out: str
+    planned_rows: int
+    planned_shards: int
+    done_shards: int
+    done_rows: int
+    ok: int
+    failed: int
+
+    @property
+    def found(self) -> bool:
+        return self.planned_shards > 0
+
+    @property
+    def complete(self) -> bool:
+        return self.found and self.done_shards == self.planned_shards
+
+    def text(self) -> str:
+        if not self.found:
+            return f"{self.out}: no sdbatch job here (no {PLAN})"
+        pct = 100 * self.done_rows / max(self.planned_rows, 1)
+        state = "complete" if self.complete else "incomplete (running, or stopped: the same run command resumes)"
+        return (f"{self.out}: {self.done_rows:,}/{self.planned_rows:,} rows ({pct:.1f}%), "
+                f"{self.done_shards:,}/{self.planned_shards:,} shards, {self.ok:,} ok, {self.failed:,} failed: {state}")
+
+
+def job_status(folder: OutputFolder) -> JobStatus:
+    plan = folder.read_plan()
+    if plan is None:
+        return JobStatus(folder.root, 0, 0, 0, 0, 0, 0)
+    done = folder.committed(plan.job_id)
+    return JobStatus(folder.root, plan.rows, len(plan.shards), len(done), sum(s.rows for s in done.values()),
+                     sum(s.ok for s in done.values()), sum(s.failed for s in done.values()))
+
+
+@dataclass
+class Verdict:
+    """What ``verify`` found: problems (outputs that break a promise) and shards not yet committed
+    (an incomplete job, which the same run command completes)."""
+
+    problems: list[str]
+    uncommitted: list[str]
+    planned: int
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and not self.uncommitted
+
+
+def verify(folder: OutputFolder) -> Verdict:
+    """Check every committed shard against the plan and its layout; list what is wrong."""
+    from .layouts import layout_named
+
+    storage = folder.storage
+    plan = folder.read_plan()
+    if plan is None:
+        return Verdict([f"{folder.root}: no plan ({PLAN}); not an sdbatch output"], [], 0)
+    layout = layout_named(plan.options.layout)
+    done = folder.committed(plan.job_id)
+    problems: list[str] = []
+    uncommitted: list[str] = []
+    known: set[str] = set()  # files the committed shards account for
+    for shard in plan.shards:
+        name = shard.name
+        if name not in done:
+            uncommitted.append(name)
+            continue
+        meta = metadata_path(name)
+        try:
+            table = pq.read_table(io.BytesIO(storage.read_bytes(meta)), columns=["row_index", "status", "image"])
+        except FileNotFoundError:
+            problems.append(f"shard {name}: committed but {meta} is missing")
+            continue
+        except (OSError, pa.ArrowException) as exc:
+            problems.append(f"shard {name}: {meta} cannot be read ({exc})")
+            continue
+        counts = Counter(table.column("row_index").to_pylist())
+        if sum(counts.values()) != shard.rows or len(counts) != shard.rows:
+            problems.append(f"shard {name}: {sum(counts.values())} metadata rows for {shard.rows} planned rows")
+        twice = [i for i, c in counts.items() if c > 1]
+        if twice:
+            problems.append(f"shard {name}: rows with more than one metadata row: {sorted(twice)[:5]}")
+        ok = [r for r in table.to_pylist() if r["status"] == "ok"]
+        shard_problems, shard_files = layout.check_shard(storage, name, ok)
+        problems.extend(shard_problems)
+        known |= shard_files
+    for path in storage.list(layout.prefix):
+        if path in known:
+            continue
+        shard = path.split("/")[1].removesuffix(".tar") if "/" in path else ""
+        if shard in uncommitted:
+            continue  # an interrupted attempt's, replaced when the shard is run again
+        problems.append(f"stray file {path}: no ok metadata row refers to it")
+    planned = {s.name for s in plan.shards}
+    for path in storage.list(METADATA):
+        shard = path.rsplit("/", 1)[-1].removesuffix(".parquet")
+        if shard not in planned:
+            problems.append(f"stray file {path}: not a planned shard's metadata")
+    problems.extend(f"partial file {p} left by an interrupted write" for p in storage.partial_writes()
+                    if not uncommitted)
+    return Verdict(problems, uncommitted, len(plan.shards))

@@ -1,0 +1,21 @@
+"""How a worker runs shards (device, precision, batching, output format, S3 access): the same for
+every worker of a job, chosen by the run's options. Kept apart from the worker so the driver can
+build it without importing torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sdbatch.manifests.remote import S3Options
+
+from .layouts import OutputSpec
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    device: str = "auto"
+    dtype: str | None = None
+    batch_size: int = 16
+    encode_threads: int = 4
+    output: OutputSpec = field(default_factory=OutputSpec)
+    s3: S3Options = field(default_factory=S3Options)  # for s3:// image cells and outputs
