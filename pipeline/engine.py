@@ -135,8 +135,8 @@ class BatchedEngine:
     def generate(self, settings: BatchSettings, rows: list[RowInput],
                  refiner: BatchedEngine | None = None) -> BatchResult:
         """Images for ``rows``. A batch whose settings have a ``refiner_start`` needs ``refiner``,
-        the engine of the refiner model (see ``refiner.generate_refined``)."""
-        if settings.refiner_start is not None or refiner is not None:
+        the engine of the refiner model (see ``refiner.generate_refined``); other batches ignore it."""
+        if settings.refiner_start is not None:
             from .refiner import generate_refined
 
             return generate_refined(self, refiner, settings, rows)

@@ -53,8 +53,8 @@ def generate_refined(base, refiner, settings: BatchSettings, rows: list[RowInput
     refiner engine the rest (both ``engine.BatchedEngine``)."""
     from .engine import BatchResult
 
-    if refiner is None or settings.refiner_start is None:
-        raise ValueError("a refined batch needs both settings.refiner_start and a refiner engine")
+    if refiner is None:
+        raise ValueError(f"refiner_start {settings.refiner_start} needs a refiner model, and none was given")
     check_refiner(base.model, refiner.model, settings)
     base._check(settings, rows, refiner.model)
     generators = [torch.Generator("cpu").manual_seed(r.seed) for r in rows]
