@@ -259,3 +259,19 @@ def test_each_distinct_text_is_encoded_once_per_batch_and_encoder(engines):
     seconds = ({r.prompt_2 or r.prompt for r in rows}
                | {r.negative_prompt_2 or r.negative_prompt for r in guided if r.negative_prompt or r.negative_prompt_2})
     assert seen == {"first": [len(firsts)], "second": [len(seconds)]}
+
+
+def test_tiny_sdxl_pair_shares_vae_and_second_text_encoder_and_seed_fixes_weights():
+    """Like the real SDXL base and refiner, the tiny pair shares its VAE and second text encoder,
+    so a base's latents mean the same to its refiner; same seed, same weights."""
+    from sdbatch.pipeline.tiny import build_tiny_pipeline
+
+    base, again, refiner = (build_tiny_pipeline(v, seed=3) for v in ("xl", "xl", "xl-refiner"))
+    other = build_tiny_pipeline("xl", seed=4)
+
+    def same(a, b) -> bool:
+        sa, sb = a.state_dict(), b.state_dict()
+        return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+    assert same(base.unet, again.unet) and not same(base.unet, other.unet)
+    assert same(base.vae, refiner.vae) and same(base.text_encoder_2, refiner.text_encoder_2)
