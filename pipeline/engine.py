@@ -1,32 +1,40 @@
 """The batched denoising engine: the seed article's loop (steps 4 to 11), run for many rows at once.
 
-A batch shares model, mode, size, steps, scheduler and strength; prompt, negative prompt, seed,
-guidance scale and input images vary per row. A row's image depends only on the model and the row:
+A batch shares model, mode, size, steps, scheduler, strength and refiner start; prompts, negative
+prompts, seed, guidance scale and rescale, SDXL's second prompts and size/crop conditioning, and
+input images vary per row. A row's image depends only on the model and the row:
 
 * every random draw for a row (VAE encode samples, initial noise, and any noise an ancestral
   scheduler draws) comes from its own ``torch.Generator("cpu").manual_seed(seed)``, in the order
   and with the shapes stock diffusers uses for one image, so the stream is the one diffusers draws;
-* guidance is applied per row; rows with guidance scale <= 1 skip the unconditional branch, as
-  stock diffusers does for such a scale, and cost one UNet sample instead of two;
+* guidance is applied per row (``guidance.py``); rows with guidance scale <= 1 skip the
+  unconditional branch, as stock diffusers does for such a scale, and cost one UNet sample
+  instead of two;
 * cond and uncond samples of every row go through the UNet in one call.
 
-All four modes run this one loop; what differs per mode (timesteps, start, extra UNet input
-channels, 4-channel inpainting's blend) is in ``modes.py``.
+All four modes and both families run this one loop: what differs per mode (timesteps, start, extra
+UNet input channels, 4-channel inpainting's blend) is in ``modes.py``, what differs per family
+(text encoders, SDXL's added conditioning) in ``conditioning.py``, the VAE's precision in ``vae.py``.
+A refined row (SDXL base + refiner) runs the loop twice, on two engines (``refiner.py``).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
+from . import vae
 from .batch import BatchSettings, RowInput
+from .conditioning import Conditioning, conditioner_for
+from .families import check_row_fields
+from .guidance import Guidance
 from .loading import LoadedModel
-from .modes import STARTS, BatchContext, check_model_supports, denoising_timesteps
-from .schedulers import make_scheduler, scheduler_name, step_kwargs
-from .text import PromptEncoder
+from .modes import STARTS, BatchContext, Start, Window, check_model_supports, denoising_timesteps, start_refiner
+from .schedulers import check_scheduler, make_scheduler, scheduler_name, step_kwargs
 
 __all__ = ["BatchedEngine", "BatchResult", "BatchSettings", "RowInput"]
 
@@ -39,6 +47,18 @@ class BatchResult:
     scheduler: str  # the scheduler actually used, by sdbatch name
 
 
+@dataclass
+class Run:
+    """One batch prepared on one model: everything the loop reads."""
+
+    scheduler: Any
+    timesteps: torch.Tensor
+    start: Start
+    conditioning: Conditioning
+    guidance: Guidance
+    step_extra: dict[str, Any]
+
+
 class BatchedEngine:
     """Runs batches through one loaded model."""
 
@@ -48,73 +68,72 @@ class BatchedEngine:
         self.device = model.device
         self.dtype = model.dtype
         self.vae_batch = vae_batch
-        self.prompts = PromptEncoder(self.pipe.tokenizer, self.pipe.text_encoder, self.device, self.dtype)
+        self.conditioner = conditioner_for(model)
+        vae.prepare_vae(model)
 
     # -- pieces ---------------------------------------------------------------------------
-    def _check(self, settings: BatchSettings, rows: list[RowInput]) -> None:
+    def _check(self, settings: BatchSettings, rows: list[RowInput], *others: LoadedModel) -> None:
         """Refuse what the loop cannot run, naming the cause (the worker checks rows one by one
-        before batching; this guards every other caller)."""
+        before batching; this guards every other caller). ``others``: a refiner, whose inputs
+        the rows may also carry."""
         f, smallest = self.model.vae_scale_factor, self.model.min_size
         w, h = settings.width, settings.height
         if w % f or h % f:
             raise ValueError(f"width and height must be multiples of {f}, got {w}x{h}")
         if w < smallest or h < smallest:
             raise ValueError(f"{w}x{h} is too small for this model: at least {smallest}x{smallest}")
+        check_scheduler(settings.scheduler, self.pipe.scheduler)
         for i, row in enumerate(rows):
             check_model_supports(self.model, settings.mode, has_depth_map=row.depth_map is not None)
+            check_row_fields(row, self.model, *others)
             for name, image in (("init_image", row.init_image), ("mask_image", row.mask_image)):
                 if image is not None and image.size != (w, h):
                     raise ValueError(f"row {i}: {name} is {image.width}x{image.height}, the batch is {w}x{h}")
 
-    def _embeddings(self, rows: list[RowInput], cfg: list[int]) -> torch.Tensor:
-        """[uncond of the guided rows..., cond of every row...], each text encoded once."""
-        texts = [rows[i].negative_prompt for i in cfg] + [r.prompt for r in rows]
-        unique, index = self.prompts.encode_unique(texts)
-        return unique[torch.tensor(index, device=self.device)]
-
     def _decode(self, latents: torch.Tensor) -> np.ndarray:
-        vae = self.pipe.vae
-        out = []
-        for chunk in latents.split(self.vae_batch):
-            image = vae.decode(chunk / vae.config.scaling_factor, return_dict=False)[0]
-            image = (image * 0.5 + 0.5).clamp(0, 1)  # VaeImageProcessor.denormalize
-            image = (image.float() * 255).round().to(torch.uint8)  # numpy_to_pil's rounding
-            out.append(image.permute(0, 2, 3, 1).cpu())
-        return torch.cat(out).numpy()
+        return vae.decode(self.model, latents, self.vae_batch)
 
     # -- the loop -------------------------------------------------------------------------
-    @torch.inference_mode()
-    def generate(self, settings: BatchSettings, rows: list[RowInput]) -> BatchResult:
-        self._check(settings, rows)
-        cfg = [i for i, r in enumerate(rows) if r.guidance_scale > 1.0]
-        embeds = self._embeddings(rows, cfg)
-        guidance = torch.tensor([rows[i].guidance_scale for i in cfg], dtype=self.dtype, device=self.device)
-        guidance = guidance.view(-1, 1, 1, 1)
-        cfg_index = torch.tensor(cfg, dtype=torch.long, device=self.device)
-
+    def prepare(self, settings: BatchSettings, rows: list[RowInput], generators: list[torch.Generator],
+                window: Window = Window(), base_latents: torch.Tensor | None = None) -> Run:
+        """Scheduler, timesteps, starting latents and conditioning for ``rows`` on this model.
+        ``base_latents``: this model refines them (a refiner's window) instead of the mode's start."""
+        guidance = Guidance.for_rows(rows, self.device, self.dtype)
+        conditioning = self.conditioner(settings, rows, guidance)
         scheduler = make_scheduler(settings.scheduler, self.pipe.scheduler)
         scheduler.set_timesteps(settings.steps, device=self.device)
-        timesteps = denoising_timesteps(scheduler, settings)
-        generators = [torch.Generator("cpu").manual_seed(r.seed) for r in rows]
+        timesteps = denoising_timesteps(scheduler, settings, window, self.model.family)
         ctx = BatchContext(self.model, settings, rows, scheduler, timesteps, generators, self.vae_batch)
-        start = STARTS[settings.mode](ctx)
-        latents, condition = start.latents, start.condition
-        if condition is not None and cfg:
-            condition = torch.cat([condition[cfg_index], condition])
-        extra = step_kwargs(scheduler, generators)
+        start = STARTS[settings.mode](ctx) if base_latents is None else start_refiner(ctx, base_latents)
+        return Run(scheduler, timesteps, start, conditioning, guidance, step_kwargs(scheduler, generators))
 
-        for i, t in enumerate(timesteps):
-            model_input = torch.cat([latents[cfg_index], latents]) if cfg else latents
-            model_input = scheduler.scale_model_input(model_input, t)
+    def denoise(self, run: Run) -> torch.Tensor:
+        """Run the loop; the final latents, one per row."""
+        start, guidance, scheduler = run.start, run.guidance, run.scheduler
+        latents = start.latents
+        condition = guidance.expand(start.condition) if start.condition is not None else None
+        unet_kwargs = run.conditioning.unet_kwargs()
+        for i, t in enumerate(run.timesteps):
+            model_input = scheduler.scale_model_input(guidance.expand(latents), t)
             if condition is not None:
                 model_input = torch.cat([model_input, condition], dim=1)
-            noise_pred = self.pipe.unet(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
-            if cfg:
-                uncond, cond = noise_pred[: len(cfg)], noise_pred[len(cfg):]
-                guided = uncond + guidance * (cond[cfg_index] - uncond)
-                noise_pred = cond.index_copy(0, cfg_index, guided)
-            latents = scheduler.step(noise_pred, t, latents, **extra, return_dict=False)[0]
+            noise_pred = self.pipe.unet(model_input, t, **unet_kwargs, return_dict=False)[0]
+            noise_pred = guidance.combine(noise_pred)
+            latents = scheduler.step(noise_pred, t, latents, **run.step_extra, return_dict=False)[0]
             if start.known is not None:
-                latents = start.known.blend(latents, scheduler, timesteps, i)
+                latents = start.known.blend(latents, scheduler, run.timesteps, i)
+        return latents
 
-        return BatchResult(images=self._decode(latents), scheduler=scheduler_name(scheduler))
+    @torch.inference_mode()
+    def generate(self, settings: BatchSettings, rows: list[RowInput],
+                 refiner: BatchedEngine | None = None) -> BatchResult:
+        """Images for ``rows``. A batch whose settings have a ``refiner_start`` needs ``refiner``,
+        the engine of the refiner model (see ``refiner.generate_refined``); other batches ignore it."""
+        if settings.refiner_start is not None:
+            from .refiner import generate_refined
+
+            return generate_refined(self, refiner, settings, rows)
+        self._check(settings, rows)
+        generators = [torch.Generator("cpu").manual_seed(r.seed) for r in rows]
+        run = self.prepare(settings, rows, generators)
+        return BatchResult(images=self._decode(self.denoise(run)), scheduler=scheduler_name(run.scheduler))

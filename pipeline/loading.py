@@ -1,8 +1,8 @@
 """Loading Stable Diffusion pipelines from hub ids or local diffusers folders, safetensors only.
 
-Everything the engine needs (latent channels, VAE scale factor, cross-attention size, prediction
-type, default size) is read from the loaded components' configs, so SD 1.x and 2.x models load
-with no code change.
+Everything the engine needs (model family, latent channels, VAE scale factor, prediction type,
+default size, VAE precision) is read from the loaded components' configs, never from names, so
+SD 1.x, 2.x and SDXL models and their fine-tunes load with no code change.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 from .model_files import ModelLoadError, locate_model
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+FAMILIES = ("sd", "sdxl")
 
 
 @dataclass
@@ -61,6 +62,42 @@ class LoadedModel:
     @property
     def prediction_type(self) -> str:
         return self.pipe.scheduler.config.get("prediction_type", "epsilon")
+
+    @property
+    def family(self) -> str:
+        """"sdxl" when the UNet takes SDXL's added conditioning (pooled text embeddings and
+        size/crop time ids: ``addition_embed_type == "text_time"``), else "sd" (SD 1.x and 2.x)."""
+        return "sdxl" if self.pipe.unet.config.get("addition_embed_type") == "text_time" else "sd"
+
+    @property
+    def requires_aesthetics_score(self) -> bool:
+        """SDXL refiner-style models condition on an aesthetic score instead of the target size
+        (the pipeline config flag stock diffusers reads)."""
+        return self.family == "sdxl" and bool(self.pipe.config.get("requires_aesthetics_score", False))
+
+    @property
+    def force_zeros_for_empty_prompt(self) -> bool:
+        """SDXL: a row with no negative prompt gets zero unconditional embeddings (pipeline config)."""
+        return self.family == "sdxl" and bool(self.pipe.config.get("force_zeros_for_empty_prompt", False))
+
+    @property
+    def text_encoder_count(self) -> int:
+        return sum(getattr(self.pipe, n, None) is not None for n in ("text_encoder", "text_encoder_2"))
+
+    @property
+    def vae_encode_dtype(self) -> torch.dtype:
+        """SDXL pipelines encode in float32 whenever the VAE's config says ``force_upcast`` (SDXL's
+        VAE overflows in fp16); SD pipelines encode in the model's dtype."""
+        if self.family == "sdxl" and self.pipe.vae.config.get("force_upcast", False):
+            return torch.float32
+        return self.dtype
+
+    @property
+    def vae_decode_dtype(self) -> torch.dtype:
+        """SDXL pipelines decode in float32 when the model is fp16 and ``force_upcast`` is set."""
+        if self.family == "sdxl" and self.dtype == torch.float16 and self.pipe.vae.config.get("force_upcast", False):
+            return torch.float32
+        return self.dtype
 
 
 def quiet_libraries() -> None:
@@ -128,9 +165,10 @@ def load_model(name: str, device: str | torch.device = "auto", dtype: str | None
         raise ModelLoadError(f"{name}: failed to load: {type(exc).__name__}: {msg}") from exc
     pipe.to(dev)
     pipe.set_progress_bar_config(disable=True)
-    for part in ("unet", "vae", "text_encoder", "depth_estimator"):
+    for part in ("unet", "vae", "text_encoder", "text_encoder_2", "depth_estimator"):
         module = getattr(pipe, part, None)
         if module is not None:
             module.eval().requires_grad_(False)
-    log.info("loaded %s (%s) on %s as %s", name, type(pipe).__name__, dev, torch_dtype)
-    return LoadedModel(name=name, revision=location.revision, pipe=pipe, device=dev, dtype=torch_dtype)
+    loaded = LoadedModel(name=name, revision=location.revision, pipe=pipe, device=dev, dtype=torch_dtype)
+    log.info("loaded %s (%s, family %s) on %s as %s", name, type(pipe).__name__, loaded.family, dev, torch_dtype)
+    return loaded

@@ -26,7 +26,8 @@ from .cache import cache_dir
 log = logging.getLogger(__name__)
 
 BUILTIN_PREFIX = "tiny"
-TINY_VARIANTS = ("base", "inpaint", "depth")  # the built-in tiny models (pipeline/tiny.py builds them)
+# the built-in tiny models (pipeline/tiny.py builds them; named here so choosing one needs no torch)
+TINY_VARIANTS = ("base", "inpaint", "depth", "v", "xl", "xl-inpaint", "xl-refiner")
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 # The diffusers pipeline classes sdbatch's engine runs (the Stable Diffusion family).
 PIPELINE_CLASSES = (
@@ -139,6 +140,9 @@ def locate_model(name: str, revision: str | None = None) -> ModelLocation:
     """Find and check ``name``; raises ``ModelLoadError`` with the cause. Reads no weights."""
     if is_builtin(name):
         variant = builtin_variant(name)
+        if variant not in TINY_VARIANTS:
+            raise ModelLoadError(f"{name}: no built-in model of that name; built-in: "
+                                 f"{', '.join('tiny' if v == 'base' else f'tiny:{v}' for v in TINY_VARIANTS)}")
         return ModelLocation(name, "builtin", None, None, f"builtin:tiny-{variant}-seed0", "builtin")
     path = Path(name)
     if path.is_file():

@@ -21,6 +21,12 @@ inpaint    [VAE encode sample of the image: 4-channel UNet, or strength < 1], no
 =========  ==================================================================================
 
 then whatever the scheduler draws per step (ancestral schedulers).
+
+The same holds for SDXL models, whose pipelines draw in the same order. A refined row (SDXL base +
+refiner, ``BatchSettings.refiner_start``) runs its mode's start and the first part of the
+schedule on the base (diffusers' ``denoising_end``), then the rest on the refiner from the base's
+latents (``denoising_start``): ``start_refiner`` draws nothing for txt2img and img2img rows and one
+noise for inpaint rows, as stock's refiner pipelines do, with the same generators continuing.
 """
 
 from __future__ import annotations
@@ -32,10 +38,10 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from diffusers.image_processor import VaeImageProcessor
-from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from . import vae
 from .batch import BatchSettings, RowInput
 from .loading import LoadedModel
 
@@ -53,6 +59,12 @@ def check_model_supports(model: LoadedModel, mode: str, has_depth_map: bool = Fa
     """Raise ModeError unless ``model`` can run ``mode`` (judged by its UNet's input channels)."""
     if mode not in STARTS:
         raise ModeError("mode", f"unknown mode {mode!r}; choose one of {', '.join(STARTS)}")
+    if model.family == "sdxl" and mode == "depth2img":
+        raise ModeError("mode", f"model {model.name} is an SDXL model; depth2img needs an SD 2 depth model "
+                                "(a 5-channel depth UNet, e.g. stabilityai/stable-diffusion-2-depth)")
+    if model.requires_aesthetics_score and mode == "txt2img":
+        raise ModeError("mode", f"model {model.name} is an SDXL refiner-style model (requires_aesthetics_score): "
+                                "it refines images (img2img, inpaint, or as --refiner), txt2img needs a base model")
     channels, latent = model.unet_in_channels, model.latent_channels
     kind = {latent: "plain", 2 * latent + 1: "inpainting", latent + 1: "depth"}.get(channels, "unknown")
     unet = f"model {model.name} has a {channels}-channel {kind} UNet"
@@ -72,18 +84,57 @@ def strength_steps(steps: int, strength: float) -> int:
     return max(min(int(steps * strength), steps), 0)
 
 
-def denoising_timesteps(scheduler, settings: BatchSettings) -> torch.Tensor:
-    """The timesteps a batch runs; call after ``set_timesteps``. Raises when strength leaves none."""
-    if settings.mode == "txt2img":
-        return scheduler.timesteps
-    run = strength_steps(settings.steps, settings.strength)
-    if run < 1:
-        raise ModeError("strength", f"strength {settings.strength} with {settings.steps} steps leaves no "
-                                    "denoising step (int(steps * strength) must be at least 1)")
-    begin = (settings.steps - run) * scheduler.order
+@dataclass(frozen=True)
+class Window:
+    """Which part of the schedule one model runs: all of it (the default), the base's part of a
+    refined row (``end``: diffusers' ``denoising_end``), or the refiner's (``start``:
+    ``denoising_start``); both are fractions of the training timesteps."""
+
+    end: float | None = None
+    start: float | None = None
+
+
+def _cutoff(scheduler, fraction: float) -> int:
+    n = scheduler.config.num_train_timesteps
+    return int(round(n - fraction * n))
+
+
+def _set_begin(scheduler, begin: int) -> None:
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(begin)
-    return scheduler.timesteps[begin:]
+
+
+def denoising_timesteps(scheduler, settings: BatchSettings, window: Window = Window(),
+                        family: str = "sd") -> torch.Tensor:
+    """The timesteps a batch runs; call after ``set_timesteps``. Raises when strength leaves none.
+
+    txt2img runs every timestep (SDXL's pipeline also sets the begin index to 0), image modes the
+    last ``strength`` share, as stock ``get_timesteps`` does; a refiner's window starts where the
+    base's ended, whatever the strength, and a 2nd-order scheduler's window never starts between
+    its two evaluations (stock's +1)."""
+    if window.start is not None:
+        run = int((scheduler.timesteps < _cutoff(scheduler, window.start)).sum().item())
+        if scheduler.order == 2 and run % 2 == 0:
+            run += 1
+        begin = len(scheduler.timesteps) - run
+        _set_begin(scheduler, begin)
+        return scheduler.timesteps[begin:]
+    if settings.mode == "txt2img":
+        timesteps = scheduler.timesteps
+        if family == "sdxl":
+            _set_begin(scheduler, 0)
+    else:
+        run = strength_steps(settings.steps, settings.strength)
+        if run < 1:
+            raise ModeError("strength", f"strength {settings.strength} with {settings.steps} steps leaves no "
+                                        "denoising step (int(steps * strength) must be at least 1)")
+        begin = (settings.steps - run) * scheduler.order
+        _set_begin(scheduler, begin)
+        timesteps = scheduler.timesteps[begin:]
+    if window.end is not None:
+        cutoff = _cutoff(scheduler, window.end)
+        timesteps = timesteps[: sum(1 for t in timesteps if t >= cutoff)]
+    return timesteps
 
 
 @dataclass
@@ -158,24 +209,16 @@ def _noise(ctx: BatchContext) -> torch.Tensor:
     return randn_tensor(shape, generator=ctx.generators, device=ctx.model.device, dtype=ctx.model.dtype)
 
 
-def _encode(ctx: BatchContext, pixels: torch.Tensor) -> torch.Tensor:
+def _encode(ctx: BatchContext, pixels: torch.Tensor, use_latent_stats: bool = False) -> torch.Tensor:
     """VAE latents sampled with each row's generator, in chunks of ``vae_batch`` rows."""
-    vae = ctx.model.pipe.vae
-    pixels = pixels.to(device=ctx.model.device, dtype=ctx.model.dtype)
-    out = []
-    for first in range(0, len(pixels), ctx.vae_batch):
-        chunk = slice(first, first + ctx.vae_batch)
-        out.append(retrieve_latents(vae.encode(pixels[chunk]), generator=ctx.generators[chunk]))
-    return vae.config.scaling_factor * torch.cat(out)
+    return vae.encode(ctx.model, pixels, ctx.generators, ctx.vae_batch, use_latent_stats)
 
 
-def _skip_encode_draw(ctx: BatchContext) -> None:
-    """Advance each generator past one VAE encode sample without encoding (what a draw whose
-    result stock discards costs the stream: the same shape and dtype)."""
-    shape = (1, ctx.model.latent_channels, *ctx.latent_size)
-    dtype = ctx.model.pipe.vae.dtype
-    for g in ctx.generators:
-        torch.randn(shape, generator=g, dtype=dtype)
+def _latent_mask(ctx: BatchContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows' masks at pixel size ([0, 1], binarised) and at latent size (nearest)."""
+    mask = _pixels(ctx, "mask_image", _mask_processor(ctx.model.vae_scale_factor))
+    latent = F.interpolate(mask, size=ctx.latent_size).to(device=ctx.model.device, dtype=ctx.model.dtype)
+    return mask, latent
 
 
 def _noised(ctx: BatchContext, image_latents: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -224,7 +267,7 @@ def start_txt2img(ctx: BatchContext) -> Start:
 
 def start_img2img(ctx: BatchContext) -> Start:
     image = _pixels(ctx, "init_image", _image_processor(ctx.model.vae_scale_factor))
-    image_latents = _encode(ctx, image)
+    image_latents = _encode(ctx, image, use_latent_stats=True)  # SDXL img2img normalises; SD has no stats
     return Start(_noised(ctx, image_latents, _noise(ctx)))
 
 
@@ -234,20 +277,31 @@ def start_depth2img(ctx: BatchContext) -> Start:
 
 
 def start_inpaint(ctx: BatchContext) -> Start:
-    f = ctx.model.vae_scale_factor
-    image = _pixels(ctx, "init_image", _image_processor(f))
-    mask = _pixels(ctx, "mask_image", _mask_processor(f))
+    image = _pixels(ctx, "init_image", _image_processor(ctx.model.vae_scale_factor))
+    mask, latent_mask = _latent_mask(ctx)
     plain_unet = ctx.model.unet_in_channels == ctx.model.latent_channels
     strength_max = ctx.settings.strength == 1.0
     image_latents = _encode(ctx, image) if plain_unet or not strength_max else None
     noise = _noise(ctx)
     latents = noise * ctx.scheduler.init_noise_sigma if strength_max else _noised(ctx, image_latents, noise)
-    latent_mask = F.interpolate(mask, size=ctx.latent_size).to(device=ctx.model.device, dtype=ctx.model.dtype)
     if plain_unet:
-        _skip_encode_draw(ctx)  # stock encodes the masked image here even though a 4-channel UNet ignores it
+        # stock encodes the masked image here even though a 4-channel UNet ignores it
+        vae.skip_encode_draw(ctx.model, ctx.latent_size, ctx.generators)
         return Start(latents, known=KnownRegion(image_latents, noise, latent_mask))
     masked_latents = _encode(ctx, image * (mask < 0.5))
     return Start(latents, condition=torch.cat([latent_mask, masked_latents], dim=1))
+
+
+def start_refiner(ctx: BatchContext, base_latents: torch.Tensor) -> Start:
+    """A refiner's start from the base's latents (stock: ``image=latents, denoising_start=...``):
+    no noise is added; for inpaint rows stock's inpainting pipeline still draws one noise, used to
+    re-noise the known region, which is the base's latents (it cannot mask latents)."""
+    latents = base_latents.to(device=ctx.model.device, dtype=ctx.model.dtype)
+    if ctx.settings.mode != "inpaint":
+        return Start(latents)
+    noise = _noise(ctx)
+    _, latent_mask = _latent_mask(ctx)
+    return Start(latents, known=KnownRegion(latents, noise, latent_mask))
 
 
 STARTS: dict[str, Callable[[BatchContext], Start]] = {
