@@ -1,6 +1,7 @@
-"""Where a manifest's rows come from: one Parquet file, a folder (Hive partitions included) or a
-glob, opened as one ``pyarrow.dataset`` with a schema unified over all its files and read in
-record batches, so no step needs the whole manifest in memory.
+"""Where a manifest's rows come from: one Parquet, CSV/TSV or JSON Lines file, a folder (Hive
+partitions included) or a glob of files in one format, opened as one ``pyarrow.dataset`` with a
+schema unified over all its files and read in record batches, so no step needs the whole manifest in
+memory. ``formats`` says which reader a file needs and what its read errors mean.
 
 Row numbers are positions in the sorted file list, then in each file: the dataset is built from an
 explicit, sorted list of files because Arrow guarantees row order only for such a list.
@@ -15,10 +16,12 @@ from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from sdbatch.jobs.storage import StorageOptions
 
+from .formats import PARQUET, dataset_format, detect_format, read_refusal, text_header, text_schema
 from .problems import ManifestError
 
 BATCH_ROWS = 65_536
@@ -45,30 +48,61 @@ class ManifestSource:
         return self.dataset.schema.names
 
     def count_rows(self) -> int:
-        return self.dataset.count_rows()
+        try:
+            return self.dataset.count_rows()
+        except (pa.ArrowException, OSError) as exc:
+            raise read_refusal(self.path, exc) from exc
 
     def batches(self, columns: list[str] | None = None,
                 batch_rows: int = BATCH_ROWS) -> Iterator[tuple[int, pa.RecordBatch]]:
         """(row number of the batch's first row, batch), in manifest order, every batch in the
         unified schema (restricted to ``columns``).
 
-        Each file is read with ``ParquetFile.iter_batches`` through a small read buffer, which
-        decodes one batch at a time; a dataset scan would load and decode a whole row group first
-        (a million rows by default). Batches hold at most ``batch_rows`` rows and, by the file's
-        own size statistics, about ``BATCH_BYTES``.
+        Each Parquet file is read with ``ParquetFile.iter_batches`` through a small read buffer,
+        which decodes one batch at a time; a dataset scan would load and decode a whole row group
+        first (a million rows by default). Batches hold at most ``batch_rows`` rows and, by the
+        file's own size statistics, about ``BATCH_BYTES``. Text files are read a block of text at a
+        time. A file that cannot be read (damaged pages, a cell that does not convert) is refused
+        with a ``ManifestError`` naming it, whenever in the stream it shows.
         """
         schema = self.schema if columns is None else pa.schema([self.schema.field(c) for c in columns])
+        read = _parquet_batches if isinstance(self.dataset.format, ds.ParquetFileFormat) else _text_batches
         offset = 0
         for fragment in self.dataset.get_fragments():
             partition = ds.get_partition_keys(fragment.partition_expression) or {}
-            reader = pq.ParquetFile(fragment.filesystem.open_input_file(fragment.path), pre_buffer=False,
-                                    buffer_size=READ_BUFFER_BYTES)
-            in_file = [n for n in schema.names if n in reader.schema_arrow.names and n not in partition]
-            rows = _rows_per_batch(reader.metadata, in_file, batch_rows)
-            for batch in reader.iter_batches(batch_size=rows, columns=in_file, use_threads=False):
-                if batch.num_rows:
-                    yield offset, _conform(batch, schema, partition)
-                    offset += batch.num_rows
+            try:
+                for batch in read(self.dataset, fragment, schema, partition, batch_rows):
+                    if batch.num_rows:
+                        yield offset, _conform(batch, schema, partition, fragment.path)
+                        offset += batch.num_rows
+            except (pa.ArrowException, OSError) as exc:
+                raise read_refusal(fragment.path, exc, _file_columns(fragment)) from exc
+
+
+def _parquet_batches(dataset: ds.Dataset, fragment: ds.Fragment, schema: pa.Schema, partition: dict,
+                     batch_rows: int) -> Iterator[pa.RecordBatch]:
+    reader = pq.ParquetFile(fragment.filesystem.open_input_file(fragment.path), pre_buffer=False,
+                            buffer_size=READ_BUFFER_BYTES)
+    in_file = [n for n in schema.names if n in reader.schema_arrow.names and n not in partition]
+    rows = _rows_per_batch(reader.metadata, in_file, batch_rows)
+    yield from reader.iter_batches(batch_size=rows, columns=in_file, use_threads=False)
+
+
+def _text_batches(dataset: ds.Dataset, fragment: ds.Fragment, schema: pa.Schema, partition: dict,
+                  batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """A CSV/TSV/JSON Lines file read one block at a time (at most ``TEXT_BLOCK_BYTES`` of text) in
+    the dataset's types; columns the file lacks come back null."""
+    wanted = [n for n in schema.names if n not in partition]
+    yield from fragment.to_batches(schema=dataset.schema, columns=wanted, batch_size=batch_rows,
+                                   batch_readahead=0, fragment_readahead=0, use_threads=False)
+
+
+def _file_columns(fragment: ds.Fragment) -> list[str]:
+    """The file's own column names in file order (for naming the column of a read error)."""
+    try:
+        return fragment.physical_schema.names
+    except (pa.ArrowException, OSError):
+        return []
 
 
 def _rows_per_batch(metadata: pq.FileMetaData, columns: list[str], batch_rows: int) -> int:
@@ -87,7 +121,7 @@ def _rows_per_batch(metadata: pq.FileMetaData, columns: list[str], batch_rows: i
     return max(1, min(batch_rows, int(BATCH_BYTES // per_row)))
 
 
-def _conform(batch: pa.RecordBatch, schema: pa.Schema, partition: dict) -> pa.RecordBatch:
+def _conform(batch: pa.RecordBatch, schema: pa.Schema, partition: dict, path: str = "") -> pa.RecordBatch:
     """``batch`` in ``schema``: promoted types, partition values as columns, absent columns null."""
     rows = batch.num_rows
     arrays = []
@@ -96,7 +130,13 @@ def _conform(batch: pa.RecordBatch, schema: pa.Schema, partition: dict) -> pa.Re
             arrays.append(pa.nulls(rows, fld.type).fill_null(pa.scalar(partition[fld.name], fld.type)))
         elif fld.name in batch.schema.names:
             values = batch.column(fld.name)
-            arrays.append(values if values.type == fld.type else values.cast(fld.type))
+            try:
+                arrays.append(values if values.type == fld.type else values.cast(fld.type))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise ManifestError(
+                    f"column '{fld.name}', all rows: {values.type} values in {path} do not fit {fld.type}, "
+                    f"the type the manifest's files share ({exc}); give the column one type in every file"
+                ) from exc
         else:
             arrays.append(pa.nulls(rows, fld.type))
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
@@ -117,6 +157,22 @@ def _glob_base(pattern: str) -> Path:
     return Path(*plain) if plain else Path(".")
 
 
+def _hidden(relative: str) -> bool:
+    """Arrow's discovery rule: a file under a folder or name starting with ``_`` or ``.`` is skipped."""
+    return any(part.startswith(("_", ".")) for part in Path(relative).parts)
+
+
+def _folder_files(folder: Path) -> list[str]:
+    selector = pafs.FileSelector(str(folder.absolute()), recursive=True)
+    try:
+        infos = pafs.LocalFileSystem().get_file_info(selector)
+    except OSError as exc:
+        raise ManifestError(f"{folder}: cannot list the folder: {exc}") from exc
+    root = str(folder.absolute())
+    return [info.path for info in infos
+            if info.type == pafs.FileType.File and not _hidden(info.path[len(root):].lstrip("/"))]
+
+
 def _list_files(path: str) -> tuple[list[str], Path]:
     if _is_glob(path):
         files = sorted(f for f in globlib.glob(path, recursive=True) if Path(f).is_file())
@@ -125,26 +181,45 @@ def _list_files(path: str) -> tuple[list[str], Path]:
         return files, _glob_base(path)
     p = Path(path)
     if p.is_dir():
-        try:
-            discovered = ds.dataset(str(p), format="parquet")
-        except (OSError, pa.ArrowInvalid) as exc:
-            raise ManifestError(f"{path}: cannot list the folder: {exc}") from exc
-        files = sorted(discovered.files)
+        files = sorted(_folder_files(p))
         if not files:
-            raise ManifestError(f"{path}: no Parquet files in the folder")
+            raise ManifestError(f"{path}: no manifest files in the folder")
         return files, p
     if p.is_file():
         return [str(p)], p.parent
     raise ManifestError(f"{path}: no such file or folder")
 
 
-def _file_schemas(files: list[str], filesystem=None) -> list[pa.Schema]:
+def files_format(files: list[str], filesystem=None) -> str:
+    """The one format of all ``files`` (see ``formats.detect_format``); files in several formats
+    are refused, naming one of each."""
+    seen: dict[str, str] = {}
+    for f in files:
+        seen.setdefault(detect_format(f, filesystem), f)
+    if len(seen) > 1:
+        shown = ", ".join(f"{f} is {fmt}" for fmt, f in seen.items())
+        raise ManifestError(f"the manifest's files must share one format: {shown}")
+    return next(iter(seen))
+
+
+def _duplicate_names(f: str, schema: pa.Schema) -> None:
+    repeated = sorted({n for n in schema.names if schema.names.count(n) > 1})
+    if repeated:
+        raise ManifestError(f"column '{repeated[0]}', all rows: {f} has more than one column of that name")
+
+
+def _file_schemas(files: list[str], filesystem=None, fmt: str = PARQUET) -> list[pa.Schema]:
     schemas = []
     for f in files:
         try:
-            schemas.append(pq.read_schema(f, filesystem=filesystem))
-        except (OSError, pa.ArrowInvalid) as exc:
-            raise ManifestError(f"{f}: cannot read as Parquet: {exc}") from exc
+            if fmt == PARQUET:
+                schema = pq.read_schema(f, filesystem=filesystem)
+            else:
+                schema = ds.dataset([f], format=dataset_format(fmt), filesystem=filesystem).schema
+        except (pa.ArrowException, OSError) as exc:
+            raise read_refusal(f, exc, text_header(f, fmt, filesystem)) from exc
+        _duplicate_names(f, schema)
+        schemas.append(text_schema(fmt, f, schema))
     return schemas
 
 
@@ -173,23 +248,32 @@ def _unify(files: list[str], schemas: list[pa.Schema]) -> pa.Schema:
 
 
 def open_manifest(path: str | Path, storage: StorageOptions | None = None) -> ManifestSource:
-    """Open ``path`` (a Parquet file, a folder of them, Hive partitions included, or a glob; or an
-    ``s3://`` file or folder, read through pyarrow's S3 filesystem configured by ``storage``)."""
+    """Open ``path`` (a Parquet, CSV/TSV or JSON Lines file, a folder of files in one of those
+    formats, Hive partitions included, or a glob; or an ``s3://`` file or folder, read through
+    pyarrow's S3 filesystem configured by ``storage``)."""
     path = str(path)
     if path.startswith("s3://"):
         return _open_s3_manifest(path, storage or StorageOptions())
     files, base = _list_files(path)
-    schemas = _file_schemas(files)
+    fmt = files_format(files)
+    file_format = dataset_format(fmt)
+    schemas = _file_schemas(files, fmt=fmt)
     partitioning = None
     if len(files) > 1 or Path(path).is_dir():
         partitioning = ds.HivePartitioning.discover()
-        probe = ds.dataset(files, format="parquet", partitioning=partitioning, partition_base_dir=str(base))
+        try:
+            probe = ds.dataset(files, format=file_format, partitioning=partitioning, partition_base_dir=str(base))
+        except (pa.ArrowException, OSError) as exc:
+            raise ManifestError(f"{path}: cannot open: {exc}") from exc
         partition_fields = [f for f in probe.schema if f.name not in schemas[0].names]
         if partition_fields:
             schemas.append(pa.schema(partition_fields))
     schema = _unify(files, schemas)
-    dataset = ds.dataset(files, schema=schema, format="parquet", partitioning=partitioning,
-                         partition_base_dir=str(base) if partitioning else None)
+    try:
+        dataset = ds.dataset(files, schema=schema, format=file_format, partitioning=partitioning,
+                             partition_base_dir=str(base) if partitioning else None)
+    except (pa.ArrowException, OSError) as exc:
+        raise ManifestError(f"{path}: cannot open: {exc}") from exc
     return ManifestSource(path=path, files=tuple(files), base=base.absolute(), dataset=dataset)
 
 
