@@ -66,7 +66,8 @@ def sniff_format(head: bytes) -> str | None:
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError as exc:
-        if exc.start < len(head) - 3:  # not just a character cut at the end of the sniffed bytes
+        cut_short = len(head) >= SNIFF_BYTES - 3 and exc.start >= len(head) - 3
+        if not cut_short:  # not just a character cut at the end of the sniffed bytes
             return None
         text = head[:exc.start].decode("utf-8")
     stripped = text.lstrip()
