@@ -104,16 +104,10 @@ def _head(path: str, filesystem=None) -> bytes:
 
 def detect_format(path: str, filesystem=None) -> str:
     """The format of the manifest file ``path`` (``parquet``, ``csv``, ``tsv`` or ``jsonl``): by its
-    extension, else by its first bytes. A file in none of them is refused, naming the formats."""
+    extension (reading nothing), else by its first bytes. A file in none of them is refused, naming
+    the formats."""
     by_extension = format_by_extension(path)
     if by_extension is not None:
-        if by_extension == PARQUET:
-            head = _head(path, filesystem)
-            if not head.startswith(b"PAR1"):
-                seen = sniff_format(head)
-                looks = f"; it looks like {FORMAT_NAMES[seen]}" if seen else ""
-                raise ManifestError(f"{path}: not a Parquet file (no Parquet magic bytes{looks}); "
-                                    f"sdbatch reads {SUPPORTED}")
         return by_extension
     head = _head(path, filesystem)
     sniffed = sniff_format(head)
@@ -184,6 +178,20 @@ def text_header(path: str, fmt: str, filesystem=None) -> list[str]:
 def _shorten(text: str) -> str:
     text = " ".join(text.split())
     return text if len(text) <= _MESSAGE_CHARS else text[:_MESSAGE_CHARS - 3] + "..."
+
+
+def not_parquet_refusal(path: str, exc: BaseException, filesystem=None) -> ManifestError:
+    """A file named as Parquet that pyarrow cannot open: what it looks like instead, where its first
+    bytes say (a CSV named ``.parquet``), else pyarrow's reason."""
+    try:
+        head = _head(path, filesystem)
+    except ManifestError as unreadable:
+        return unreadable
+    if head.startswith(b"PAR1"):
+        return read_refusal(path, exc)
+    seen = sniff_format(head)
+    looks = f"; it looks like {FORMAT_NAMES[seen]}" if seen else ("; it is empty" if not head else "")
+    return ManifestError(f"{path}: not a Parquet file (no Parquet magic bytes{looks}); sdbatch reads {SUPPORTED}")
 
 
 def read_refusal(path: str, exc: BaseException, columns: Sequence[str] = ()) -> ManifestError:

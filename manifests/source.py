@@ -21,7 +21,15 @@ import pyarrow.parquet as pq
 
 from sdbatch.jobs.storage import StorageOptions
 
-from .formats import PARQUET, dataset_format, detect_format, read_refusal, text_header, text_schema
+from .formats import (
+    PARQUET,
+    dataset_format,
+    detect_format,
+    not_parquet_refusal,
+    read_refusal,
+    text_header,
+    text_schema,
+)
 from .problems import ManifestError
 
 BATCH_ROWS = 65_536
@@ -217,6 +225,8 @@ def _file_schemas(files: list[str], filesystem=None, fmt: str = PARQUET) -> list
             else:
                 schema = ds.dataset([f], format=dataset_format(fmt), filesystem=filesystem).schema
         except (pa.ArrowException, OSError) as exc:
+            if fmt == PARQUET:
+                raise not_parquet_refusal(f, exc, filesystem) from exc
             raise read_refusal(f, exc, text_header(f, fmt, filesystem)) from exc
         _duplicate_names(f, schema)
         schemas.append(text_schema(fmt, f, schema))

@@ -25,7 +25,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from .checks import check_batch, check_types
+from .checks import check_batch, check_column_names, check_types
 from .formats import CSV, JSONL, PARQUET, TEXT_COLUMNS, TSV
 from .problems import ProblemLog
 from .schema import COLUMN_NAMES, SEED_MAX
@@ -183,6 +183,7 @@ def check_axis(axis: Axis, schedulers: Sequence[str]) -> None:
     """The manifest checks, run on an axis's own values: refusals name the option."""
     problems = ProblemLog()
     batch = pa.RecordBatch.from_pydict(axis.columns)
+    check_column_names(batch.schema.names, (), problems)  # a prompts file's misspelt columns
     check_types(batch.schema, problems)
     if not problems:
         check_batch(batch, 0, problems, schedulers)

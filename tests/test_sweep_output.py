@@ -124,3 +124,10 @@ def test_a_size_refusal_is_printed_once(tmp_path):
     result = invoke("sweep", "-o", str(tmp_path / "s.parquet"), "--prompt", "a", "--size", "500x500")
     assert result.exit_code == 2
     assert result.output.count("must be a multiple of 8, got 500") == 1, result.output
+
+
+def test_a_prompts_file_with_a_misspelt_column_is_refused(tmp_path):
+    (tmp_path / "p.csv").write_text("prompt,cfg_scale,label_x\nan owl,5,a\n")
+    result = invoke("sweep", "-o", str(tmp_path / "s.parquet"), "--prompts", str(tmp_path / "p.csv"))
+    assert result.exit_code == 2
+    assert "column 'cfg_scale', all rows: not a manifest column; did you mean 'guidance_scale'?" in result.output
