@@ -196,3 +196,24 @@ def test_detect_format_by_extension_first():
     assert formats.format_by_extension("b.txt") is None
     with pytest.raises(ManifestError, match="No such file"):
         formats.detect_format("/nonexistent/x")
+
+
+def test_a_csv_manifest_runs_to_the_same_images_as_its_parquet_twin(tmp_path, tiny_base):
+    import pyarrow.dataset as ds
+
+    rows = "id,prompt,seed,steps,width,height,guidance_scale,label\n" + "".join(
+        f"00{i},prompt {i},{i},2,32,32,{3 + i},{i}\n" for i in range(3))
+    (tmp_path / "m.csv").write_text(rows)
+    pq.write_table(pa.table({"id": ["000", "001", "002"], "prompt": [f"prompt {i}" for i in range(3)],
+                             "seed": [0, 1, 2], "steps": [2] * 3, "width": [32] * 3, "height": [32] * 3,
+                             "guidance_scale": [3.0, 4.0, 5.0], "label": [0, 1, 2]}), tmp_path / "m.parquet")
+    images = {}
+    for name in ("m.csv", "m.parquet"):
+        out = tmp_path / f"out-{name}"
+        result = invoke("run", str(tmp_path / name), "--model", tiny_base, "--out", str(out), "--device", "cpu",
+                        "--executor", "local")
+        assert result.exit_code == 0, result.output
+        meta = sorted(ds.dataset(str(out / "metadata")).to_table().to_pylist(), key=lambda r: r["id"])
+        assert [(r["id"], r["seed"], r["label"]) for r in meta] == [("000", 0, 0), ("001", 1, 1), ("002", 2, 2)]
+        images[name] = [(out / r["image"]).read_bytes() for r in meta]
+    assert images["m.csv"] == images["m.parquet"]
