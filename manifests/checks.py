@@ -82,8 +82,7 @@ OTHER_TOOLS_NAMES: dict[str, str] = {
                     "guidance_scale"),
     **dict.fromkeys(("sampler", "sampler_name", "sampler_index", "sampling_method", "schedule_type",
                      "noise_scheduler"), "scheduler"),
-    **dict.fromkeys(("negative", "neg", "neg_prompt", "negative_text", "negative_prompts", "uc"),
-                    "negative_prompt"),
+    **dict.fromkeys(("negative", "neg", "neg_prompt", "negative_text", "negative_prompts"), "negative_prompt"),
     **dict.fromkeys(("positive", "positive_prompt", "pos_prompt"), "prompt"),
     **dict.fromkeys(("denoising_strength", "denoise", "denoising", "noise_strength", "img2img_strength"),
                     "strength"),
@@ -96,7 +95,7 @@ OTHER_TOOLS_NAMES: dict[str, str] = {
 }
 # Other tools' columns with no one column to use instead: refused with what to do.
 OTHER_TOOLS_HINTS: dict[str, str] = {
-    **dict.fromkeys(("size", "resolution"), "use 'width' and 'height'"),
+    **dict.fromkeys(("size", "resolution"), _SIZE_HINT := "use 'width' and 'height'"),
     **dict.fromkeys(("num_images_per_prompt", "n_iter", "batch_count", "n_samples", "num_images"),
                     "one row is one image: give each image its own row (sdbatch sweep --seeds 0-3 does)"),
     "batch_size": "the batch size is a run option (--batch-size), not a column",
@@ -164,8 +163,10 @@ def likely_meant(name: str) -> str | None:
 
 def check_column_names(names: Sequence[str], labels: Sequence[str], problems: ProblemLog) -> list[str]:
     """Columns that look like a misspelt manifest column or another tool's name for one are refused
-    (a silently ignored ``guidance`` would run every row at the default), unless declared labels.
+    (a silently ignored ``guidance`` would run every row at the default), unless declared labels or
+    the column they stand for is there too (then nothing runs at a default it did not mean).
     Returns notes: ``labels`` naming no column."""
+    present = set(names)
     for name in names:
         if name in COLUMN_NAMES:
             if name in labels:
@@ -175,19 +176,22 @@ def check_column_names(names: Sequence[str], labels: Sequence[str], problems: Pr
         if is_label(name, labels):
             continue
         hint = _SQUASHED_HINTS.get(_squash(name)) if len(name) <= _MAX_COMPARED_CHARS else None
+        if hint == _SIZE_HINT and present & {"width", "height"}:
+            continue
         meant = likely_meant(name) if hint is None else None
-        if hint is None and meant is None:
+        if hint is None and (meant is None or meant in present):
             continue
         advice = hint or f"did you mean '{meant}'?"
         problems.add(name, f"not a manifest column; {advice} (if it is a label: rename it "
                            f"{LABEL_PREFIX}{name} or pass --label {_quoted(name)})")
-    present = set(names)
     return [f"--label {_quoted(label)}: no such column in the manifest" for label in labels if label not in present]
 
 
 def _quoted(name: str) -> str:
     """A column name as one shell word (for a ``--label`` the user can paste)."""
-    return name if name and all(ch.isalnum() or ch in "_-." for ch in name) else "'" + name.replace("'", "'\\''") + "'"
+    if name and all(ch.isalnum() or ch in "_-." for ch in name):
+        return name
+    return "'" + name.replace("'", "'\\''") + "'"
 
 
 def check_schema(schema: pa.Schema, problems: ProblemLog) -> None:

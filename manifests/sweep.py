@@ -273,7 +273,8 @@ class IdTemplate:
                 out.append(self._formatter.vformat(self.text, (), mapping))
             except (ValueError, TypeError) as exc:
                 shown = ", ".join(f"{k}={v!r}" for k, v in mapping.items())
-                raise SweepError(f"--id-template {self.text!r}: cannot format row {start + i} ({shown}): {exc}") from None
+                raise SweepError(
+                    f"--id-template {self.text!r}: cannot format row {start + i} ({shown}): {exc}") from None
         return out
 
 

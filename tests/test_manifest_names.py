@@ -33,7 +33,8 @@ MEANT = [
 
 @pytest.mark.parametrize("name,meant", MEANT, ids=[m[0] for m in MEANT])
 def test_likely_typos_and_other_tools_names_are_refused_with_the_name_to_use(name, meant, tmp_path):
-    manifest = write_manifest(tmp_path / "m.parquet", {"prompt": ["a", "b"], name: [1, 2]})
+    columns = {name: [1, 2]} if meant == "prompt" else {"prompt": ["a", "b"], name: [1, 2]}
+    manifest = write_manifest(tmp_path / "m.parquet", columns)
     result = invoke("validate", str(manifest))
     assert result.exit_code == 2, result.output
     assert f"column '{name}', all rows: not a manifest column; did you mean '{meant}'?" in result.output
@@ -108,3 +109,12 @@ def test_csv_header_typos_are_refused_too(tmp_path):
     assert "column 'Prompt', all rows: not a manifest column; did you mean 'prompt'?" in result.output
     assert "column 'CFG Scale', all rows: not a manifest column; did you mean 'guidance_scale'?" in result.output
     assert "--label 'CFG Scale'" in result.output
+
+
+def test_a_lookalike_is_a_label_when_the_column_it_stands_for_is_there_too(tmp_path):
+    manifest = write_manifest(tmp_path / "m.parquet", {
+        "prompt": ["a"], "model": [""], "model_name": ["SD 1.5"], "guidance_scale": [5.0], "guidance": ["low"],
+        "width": [64], "size": ["64x64"]})
+    result = invoke("validate", str(manifest))
+    assert result.exit_code == 0, result.output
+    assert "extra columns (carried through): model_name, guidance, size" in result.output
