@@ -236,8 +236,9 @@ class IdTemplate:
     ``{guidance_scale}``, a prompts file's columns), ``{COLUMN_index}`` (the position of the row's
     value in its axis, from 0: ``{prompt_index}``) and ``{row}`` (the row number)."""
 
-    def __init__(self, text: str, columns: Sequence[str]):
+    def __init__(self, text: str, columns: Sequence[str], default: bool = False):
         self.text = text
+        self.default = default  # built from the axes, not given by --id-template
         allowed = {"row", *columns, *(f"{c}_index" for c in columns)}
         self.fields: list[str] = []
         try:
@@ -317,9 +318,13 @@ def _id_clash(plan: SweepPlan, hashes: np.ndarray) -> tuple[int, int, str] | Non
 
 def _clash_message(plan: SweepPlan, clash: tuple[int, int, str]) -> str:
     a, b, row_id = clash
-    template = plan.id_template.text if plan.id_template else ""
-    return (f"--id-template {template!r} gives rows {a:,} and {b:,} the same id {row_id!r}: ids must be "
-            "unique; add a field that tells them apart (or remove a repeated axis value)")
+    template = plan.id_template
+    if template.default:
+        which = f"the default ids ({template.text!r}) give"
+    else:
+        which = f"--id-template {template.text!r} gives"
+    return (f"{which} rows {a:,} and {b:,} the same id {row_id!r}: ids must be unique; "
+            "remove a repeated axis value or give --id-template a field that tells them apart")
 
 
 def plan_sweep(axes: Sequence[Axis], zips: Sequence[Sequence[str]] = (),
@@ -367,7 +372,7 @@ def plan_sweep(axes: Sequence[Axis], zips: Sequence[Sequence[str]] = (),
     if id_template == "":
         return SweepPlan(tuple(ordered))
     text = id_template if id_template is not None else default_id_template(ordered)
-    plan = SweepPlan(tuple(ordered), IdTemplate(text, [c for a in axes for c in a.columns]))
+    plan = SweepPlan(tuple(ordered), IdTemplate(text, [c for a in axes for c in a.columns], id_template is None))
     first_ids = next(plan.ids(chunk_rows=1))[1]  # a format spec that cannot format is refused now
     if not first_ids[0]:
         raise SweepError(f"--id-template {text!r}: gives an empty id")

@@ -64,7 +64,8 @@ def test_a_template_that_is_not_unique_is_refused_naming_two_rows(tmp_path):
     assert "--id-template 's{seed}' gives rows 0 and 2 the same id 's1': ids must be unique" in result.output
     assert not out.exists() and not list(tmp_path.iterdir())
     result = invoke("sweep", "-o", str(out), "--prompt", "a", "--seeds", "1,1")  # the default, a repeated seed
-    assert result.exit_code == 2 and "gives rows 0 and 1 the same id 's1'" in result.output
+    assert result.exit_code == 2
+    assert "the default ids ('s{seed}') give rows 0 and 1 the same id 's1'" in result.output
     result = invoke("sweep", "-o", str(out), "--prompt", "a", "--guidance", "5.5,5.50",
                     "--id-template", "g{guidance_scale:.0f}")
     assert result.exit_code == 2 and "the same id 'g6'" in result.output
