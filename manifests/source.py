@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -30,7 +31,7 @@ from .formats import (
     text_header,
     text_schema,
 )
-from .problems import ManifestError
+from .problems import ManifestError, Problem
 
 BATCH_ROWS = 65_536
 BATCH_BYTES = 16 * 2**20  # fewer rows a batch where rows are wide (image bytes in the manifest)
@@ -61,6 +62,14 @@ class ManifestSource:
         except (pa.ArrowException, OSError) as exc:
             raise read_refusal(self.path, exc) from exc
 
+    def check_utf8(self, columns: list[str], batch_rows: int = BATCH_ROWS) -> None:
+        """Read the text ``columns`` of a Parquet manifest only to refuse text that is not UTF-8
+        (``batches`` does so for the columns it reads; CSV and JSON readers check as they read)."""
+        names = [n for n in columns if _is_text(self.schema.field(n).type)]
+        if names and isinstance(self.dataset.format, ds.ParquetFileFormat):
+            for _ in self.batches(names, batch_rows):
+                pass
+
     def batches(self, columns: list[str] | None = None,
                 batch_rows: int = BATCH_ROWS) -> Iterator[tuple[int, pa.RecordBatch]]:
         """(row number of the batch's first row, batch), in manifest order, every batch in the
@@ -81,7 +90,10 @@ class ManifestSource:
             try:
                 for batch in read(self.dataset, fragment, schema, partition, batch_rows):
                     if batch.num_rows:
-                        yield offset, _conform(batch, schema, partition, fragment.path)
+                        batch = _conform(batch, schema, partition, fragment.path)
+                        if read is _parquet_batches:  # text readers check UTF-8 themselves
+                            _check_utf8(batch, offset, fragment.path)
+                        yield offset, batch
                         offset += batch.num_rows
             except (pa.ArrowException, OSError) as exc:
                 raise read_refusal(fragment.path, exc, _file_columns(fragment)) from exc
@@ -148,6 +160,38 @@ def _conform(batch: pa.RecordBatch, schema: pa.Schema, partition: dict, path: st
         else:
             arrays.append(pa.nulls(rows, fld.type))
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _is_text(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):
+        return _is_text(t.value_type)
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+
+
+def _check_utf8(batch: pa.RecordBatch, offset: int, path: str) -> None:
+    """Parquet string columns must hold UTF-8 (a writer may not have checked): text that is not is
+    refused with its column and rows, before any kernel or Python decoding trips on it."""
+    for name, values in zip(batch.schema.names, batch.columns):
+        if not _is_text(values.type):
+            continue
+        try:
+            values.validate(full=True)
+        except pa.ArrowInvalid:
+            if pa.types.is_dictionary(values.type):
+                values = values.dictionary_decode()
+            cells = pc.cast(values, pa.large_string()).view(pa.large_binary()).to_pylist()
+            rows = [offset + i for i, cell in enumerate(cells) if cell is not None and not _utf8(cell)]
+            problem = Problem(name, f"not UTF-8 text in {path}")
+            problem.add(rows, len(rows))
+            raise ManifestError(problem.message(), [problem]) from None
+
+
+def _utf8(cell: bytes) -> bool:
+    try:
+        cell.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
 
 
 def _is_glob(path: str) -> bool:

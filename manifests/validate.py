@@ -201,6 +201,7 @@ def validate_source(source: ManifestSource, default_model: str = "",
         report.notes = notes
         return report
     scan.first_pass(batch_rows)
+    source.check_utf8(extra_columns(source.column_names), batch_rows)  # labels are read by run
     if scan.rows == 0:
         raise ManifestError(f"{source.path}: the manifest has no rows")
     candidates = scan.candidate_rows()

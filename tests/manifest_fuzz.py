@@ -6,7 +6,7 @@ values (every Arrow integer width, float16 to float64 with NaN and infinities, s
 unicode, huge strings, bytes, nulls, null-typed and all-null columns, struct/list/map/decimal/
 timestamp/dictionary in known columns); ids with dots, slashes, unicode, repeats; misspelt and
 other tools' column names (declared labels or not); extra columns of odd Arrow types; written as
-Parquet, CSV, TSV or JSON Lines.
+Parquet (string columns that are not UTF-8 too), CSV, TSV or JSON Lines.
 
 The contract (issue 14): every manifest is accepted (exit 0, "problems: none") or refused (exit 2)
 with a message naming a column (or, for a manifest without rows, saying so); never a traceback.
@@ -93,6 +93,15 @@ def _values(t: pa.DataType, rows: int) -> st.SearchStrategy[list]:
     else:
         raise AssertionError(t)
     return st.lists(st.one_of(st.none(), item) if rows else item, min_size=rows, max_size=rows)
+
+
+@st.composite
+def not_utf8_column(draw, rows: int) -> pa.Array:
+    """A string column holding bytes that are not UTF-8 (Parquet writers need not check)."""
+    cells = draw(st.lists(st.one_of(st.none(), st.binary(max_size=6), st.sampled_from([b"caf\xe9", b"\xff\xfe"])),
+                          min_size=rows, max_size=rows))
+    raw = pa.array(cells, pa.binary())
+    return pa.Array.from_buffers(pa.string(), len(raw), raw.buffers(), raw.null_count)
 
 
 ODD_TYPES = (pa.bool_(), pa.timestamp("us", tz="UTC"), pa.decimal128(10, 2), pa.list_(pa.int64()),
@@ -221,13 +230,14 @@ def manifests(draw) -> FuzzManifest:
     drawn = min(rows, 6)  # bigger manifests repeat the drawn rows (cheap to generate, ids repeat)
     arbitrary_types = ANY_TYPES if fmt == "parquet" else _TEXT_FORMAT_TYPES
     clean = draw(st.booleans())  # half the cases: valid columns and plain labels (mostly accepted)
+    odd_text = [not_utf8_column(drawn)] if fmt == "parquet" else []
     columns: dict[str, pa.Array] = {}
     for name in draw(st.lists(st.sampled_from(COLUMN_NAMES), unique=True, max_size=len(COLUMN_NAMES))):
         if clean:
             columns[name] = draw(_valid(name, drawn))
         else:
             columns[name] = draw(st.one_of(_valid(name, drawn), _plausible(name, drawn),
-                                           arrow_column(drawn, arbitrary_types)))
+                                           arrow_column(drawn, arbitrary_types), *odd_text))
     if (clean or draw(st.booleans())) and "prompt" not in columns:
         columns["prompt"] = pa.array(["a red fox"] * drawn, pa.string())
     names = st.sampled_from(LABEL_NAMES) if clean else st.one_of(
@@ -236,7 +246,7 @@ def manifests(draw) -> FuzzManifest:
     extras = draw(st.lists(names, unique=True, max_size=4))
     for name in extras:
         if name not in columns:
-            columns[name] = draw(arrow_column(drawn, arbitrary_types))
+            columns[name] = draw(st.one_of(arrow_column(drawn, arbitrary_types), *odd_text))
     labels = tuple(draw(st.lists(st.sampled_from(extras), unique=True))) if extras else ()
     if fmt != "parquet" and not columns:
         columns["prompt"] = pa.array(["a"] * drawn, pa.string())  # a text file has at least a header

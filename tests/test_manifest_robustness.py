@@ -171,3 +171,18 @@ def test_nested_types_are_labels_in_extra_columns_and_wrong_types_in_known_ones(
         result = invoke("validate", str(write_manifest(tmp_path / "k.parquet", columns)))
         assert result.exit_code == 2, (column, result.output)
         assert f"column '{column}', all rows: wrong type {kind.split()[0]}<" in result.output
+
+
+def test_parquet_text_that_is_not_utf8_is_refused_with_column_and_rows(tmp_path, tiny_base):
+    raw = pa.array([b"fine", b"caf\xe9", None, b"\xff\xfe"], pa.binary())
+    not_utf8 = pa.Array.from_buffers(pa.string(), len(raw), raw.buffers(), raw.null_count)
+    for column in ("prompt", "id", "scheduler", "model", "caption"):
+        columns = {"prompt": ["a", "b", "c", "d"], column: not_utf8}
+        manifest = write_manifest(tmp_path / "m.parquet", columns)
+        for command in (["validate", str(manifest)],
+                        ["run", str(manifest), "--model", tiny_base, "--out", str(tmp_path / "out"), "--device", "cpu",
+                         "--executor", "local"]):
+            result = invoke(*command)
+            assert result.exit_code == 2, (column, result.output)
+            assert f"column '{column}', rows 1, 3 (2 rows): not UTF-8 text in" in result.output
+    assert not (tmp_path / "out").exists()
