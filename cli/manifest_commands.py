@@ -14,6 +14,7 @@ from sdbatch.manifests.source import open_manifest
 from sdbatch.manifests.sweep import (
     Axis,
     SweepError,
+    output_format,
     parse_float_list,
     parse_int_list,
     parse_sizes,
@@ -75,13 +76,18 @@ def format_report(report: ManifestReport, batch_size: int, shard_size: int) -> l
               help="As for run: used to count planned batches.")
 @click.option("--shard-size", type=click.IntRange(min=1), default=1000, show_default=True,
               help="As for run: used to count planned batches.")
-def validate(manifest: str, batch_size: int, shard_size: int) -> None:
-    """Check every row of MANIFEST (file, folder or glob) and print a short report.
+@click.option("--label", "labels", multiple=True, metavar="COLUMN",
+              help="Carry COLUMN through as a label even though its name looks like a misspelt manifest "
+                   "column (repeatable). Columns named label_* or a 'labels' struct column are labels "
+                   "without it.")
+def validate(manifest: str, batch_size: int, shard_size: int, labels: tuple[str, ...]) -> None:
+    """Check every row of MANIFEST (a Parquet, CSV, TSV or JSON Lines file, folder or glob) and
+    print a short report.
 
     Exits 0 when the manifest can run, 2 when run would refuse it.
     """
     try:
-        report = validate_source(open_manifest(manifest))
+        report = validate_source(open_manifest(manifest), labels=labels)
     except ManifestError as exc:
         click.echo(f"error: manifest refused: {exc}", err=True)
         sys.exit(exit_codes.REFUSED)
@@ -129,7 +135,13 @@ def _axes(prompt, prompts_file, negative_prompt, seeds, guidance, steps, schedul
 
 
 @click.command()
-@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Manifest to write (.parquet).")
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False),
+              help="Manifest to write: .parquet, .csv, .tsv or .jsonl (the extension picks the format).")
+@click.option("--force", is_flag=True, help="Replace OUT if it exists (refused otherwise).")
+@click.option("--id-template", default=None, metavar="TEMPLATE",
+              help="Row ids, e.g. '{prompt_index}-s{seed}-g{guidance_scale}': fields are the sweep's columns, "
+                   "COLUMN_index (position in its axis) and row. Default: one part an axis, e.g. p0-s7-g5_5. "
+                   "'' writes no id column (ids derived from each row at run time).")
 @click.option("--prompt", multiple=True, help="A prompt (repeatable).")
 @click.option("--prompts", "prompts_file", type=click.Path(exists=True, dir_okay=False),
               help="Prompts file: text (one a line), CSV or JSONL with a 'prompt' column; other columns "
@@ -146,16 +158,18 @@ def _axes(prompt, prompts_file, negative_prompt, seeds, guidance, steps, schedul
                    "(repeatable; one group per option).")
 @click.option("--max-rows", type=click.IntRange(min=1), default=DEFAULT_MAX_ROWS, show_default=True,
               help="Refuse a sweep with more rows than this (raise it to write a bigger one).")
-def sweep(out, prompt, prompts_file, negative_prompt, seeds, guidance, steps, scheduler, size, strength,
-          zips, max_rows) -> None:
+def sweep(out, force, id_template, prompt, prompts_file, negative_prompt, seeds, guidance, steps, scheduler,
+          size, strength, zips, max_rows) -> None:
     """Write a manifest whose rows are the cartesian product of the given axes.
 
-    Exits 0 when written, 2 when refused (bad options, or more rows than --max-rows).
+    Exits 0 when written, 2 when refused (bad options, an existing OUT without --force, ids that
+    are not unique, or more rows than --max-rows).
     """
     try:
+        fmt = output_format(out, force)
         axes = _axes(prompt, prompts_file, negative_prompt, seeds, guidance, steps, scheduler, size, strength)
         groups = [[_axis_name(n) for n in z.split(",") if n.strip()] for z in zips]
-        plan = plan_sweep(axes, groups, known_schedulers())
+        plan = plan_sweep(axes, groups, known_schedulers(), id_template)
     except SweepError as exc:
         click.echo(f"error: sweep refused: {exc}", err=True)
         sys.exit(exit_codes.REFUSED)
@@ -165,7 +179,10 @@ def sweep(out, prompt, prompts_file, negative_prompt, seeds, guidance, steps, sc
                    "raise --max-rows to write it", err=True)
         sys.exit(exit_codes.REFUSED)
     try:
-        write_sweep(plan, out)
+        write_sweep(plan, out, fmt)
+    except SweepError as exc:
+        click.echo(f"error: sweep refused: {exc}", err=True)
+        sys.exit(exit_codes.REFUSED)
     except OSError as exc:
         click.echo(f"error: sweep refused: cannot write {out}: {exc}", err=True)
         sys.exit(exit_codes.REFUSED)

@@ -60,10 +60,13 @@ def _executor_factory(kind: str, worker, ray_config):
               help="jpeg / webp quality (default 95); png is lossless.")
 @click.option("--layout", type=click.Choice(["files", "webdataset"]), default="files", show_default=True,
               help="files: OUT/images/<shard>/<id>.<ext>; webdataset: OUT/shards/<shard>.tar.")
+@click.option("--label", "labels", multiple=True, metavar="COLUMN",
+              help="Carry COLUMN through as a label even though its name looks like a misspelt manifest "
+                   "column (repeatable). Columns named label_* or a 'labels' column are labels anyway.")
 @s3_options
 @click.pass_context
 def run(ctx, manifest, model, out, executor, address, actors, gpus_per_actor, device, dtype, batch_size,
-        shard_size, shard_retries, actor_restarts, shared_fs, overwrite, image_format, quality, layout,
+        shard_size, shard_retries, actor_restarts, shared_fs, overwrite, image_format, quality, layout, labels,
         s3_endpoint_url, s3_path_style, s3_retries) -> None:
     """Generate one image (or one error row) for every row of MANIFEST.
 
@@ -88,7 +91,7 @@ def run(ctx, manifest, model, out, executor, address, actors, gpus_per_actor, de
                            shard_retries=shard_retries, actor_restarts=actor_restarts, shared_fs=shared_fs,
                            verbose=verbose > 0)
     request = RunRequest(manifest=manifest, out=out, model=model, worker=worker, shard_size=shard_size,
-                         overwrite=overwrite)
+                         overwrite=overwrite, labels=labels)
     signal.signal(signal.SIGTERM, _interrupt)  # a preempted pod stops as cleanly as Ctrl-C
     try:
         summary = run_job(request, _executor_factory(executor, worker, ray_config), executor)

@@ -81,7 +81,7 @@ class Summary:
 
 def _plan(request: RunRequest, folder: OutputFolder, staging) -> tuple[JobPlan, ShardPlanner]:
     planned = plan_manifest(open_manifest(request.manifest, request.worker.s3), request.model, request.shard_size,
-                            staging)
+                            staging, labels=request.labels)
     planner, shards = planned.planner, planned.shards
     for note in planned.report.notes:
         log.warning("%s: %s", request.manifest, note)

@@ -17,15 +17,17 @@ from the few shards that hold them at the end.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sdbatch.manifests.ids import ContentDigest
+from sdbatch.manifests.ids import ContentDigest, safe_key
 from sdbatch.manifests.rows import ROW_INDEX, with_resolved_images
 from sdbatch.manifests.schema import BATCH_KEY_COLUMNS, COLUMN_NAMES, batch_key_table
 from sdbatch.manifests.source import BATCH_ROWS, ManifestSource
@@ -96,12 +98,14 @@ class ShardPlanner:
             self._emit(largest, self._groups[largest].rows)
 
     def _note_split_words(self, ids) -> None:
+        """Ids whose file names (their keys) hold a split word: the few ids that match are keyed."""
         hits = pc.match_substring_regex(pc.binary_join_element_wise(ids, pa.scalar(""), "."), SPLIT_WORD_PATTERN)
-        count = pc.sum(hits).as_py() or 0
-        if count:
-            self.split_word_count += count
-            if len(self.split_word_ids) < 3:
-                self.split_word_ids += pc.filter(ids, hits).slice(0, 3).to_pylist()
+        if not pc.any(hits).as_py():
+            return
+        pattern = re.compile(SPLIT_WORD_PATTERN)
+        found = [i for i in pc.filter(ids, hits).to_pylist() if pattern.search(f"{safe_key(i)}.")]
+        self.split_word_count += len(found)
+        self.split_word_ids += found[: 3 - len(self.split_word_ids)]
 
     def _append(self, key: tuple, rows: pa.Table) -> None:
         group = self._groups.setdefault(key, _Group())
@@ -173,9 +177,10 @@ class PlannedManifest:
 
 
 def plan_manifest(source: ManifestSource, default_model: str, shard_size: int, staging: Path,
-                  batch_rows: int = BATCH_ROWS) -> PlannedManifest:
-    """Validate ``source`` (refusing it with ``ManifestError``) and plan its shards into ``staging``."""
+                  batch_rows: int = BATCH_ROWS, labels: Sequence[str] = ()) -> PlannedManifest:
+    """Validate ``source`` (refusing it with ``ManifestError``) and plan its shards into ``staging``;
+    ``labels``: columns declared labels (see ``validate_source``)."""
     planner = ShardPlanner(staging, shard_size, source.base)
-    report = validate_source(source, default_model, on_batch=planner.add, batch_rows=batch_rows)
+    report = validate_source(source, default_model, on_batch=planner.add, batch_rows=batch_rows, labels=labels)
     report.raise_if_refused()
     return PlannedManifest(report, planner, planner.finish(report.duplicate_row_numbers))

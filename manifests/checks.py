@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 
 from .problems import ProblemLog
 from .schema import (
+    COLUMN_NAMES,
     COLUMNS,
     FLOAT,
     GUIDANCE_RANGE,
@@ -64,6 +65,133 @@ def check_types(schema: pa.Schema, problems: ProblemLog) -> None:
             t = schema.field(column.name).type
             if not type_accepted(column.kind, t):
                 problems.add(column.name, f"wrong type {t}, expected {KIND_DESCRIPTIONS[column.kind]}")
+
+
+# -- column names: likely typos and other tools' names ------------------------------------------
+
+LABEL_PREFIX = "label_"
+LABELS_COLUMN = "labels"
+
+# Other tools' names for sdbatch's columns (diffusers' pipeline arguments, AUTOMATIC1111's API and
+# infotext, ComfyUI's KSampler, InvokeAI, the CompVis scripts). Refused with the name to use, not
+# accepted as aliases: one spelling per concept, so a manifest means the same to every reader.
+OTHER_TOOLS_NAMES: dict[str, str] = {
+    **dict.fromkeys(("num_inference_steps", "inference_steps", "num_steps", "n_steps", "sampling_steps",
+                     "ddim_steps", "sample_steps"), "steps"),
+    **dict.fromkeys(("cfg", "cfg_scale", "guidance", "scale", "cfg_guidance", "text_cfg_scale"),
+                    "guidance_scale"),
+    **dict.fromkeys(("sampler", "sampler_name", "sampler_index", "sampling_method", "schedule_type",
+                     "noise_scheduler"), "scheduler"),
+    **dict.fromkeys(("negative", "neg", "neg_prompt", "negative_text", "negative_prompts"), "negative_prompt"),
+    **dict.fromkeys(("positive", "positive_prompt", "pos_prompt"), "prompt"),
+    **dict.fromkeys(("denoising_strength", "denoise", "denoising", "noise_strength", "img2img_strength"),
+                    "strength"),
+    **dict.fromkeys(("image", "init_images", "init_img", "input_image", "source_image"), "init_image"),
+    **dict.fromkeys(("mask", "inpaint_mask", "mask_img"), "mask_image"),
+    **dict.fromkeys(("depth", "depth_image"), "depth_map"),
+    **dict.fromkeys(("noise_seed", "manual_seed"), "seed"),
+    **dict.fromkeys(("ckpt", "ckpt_name", "checkpoint", "model_name", "model_id", "sd_model_checkpoint",
+                     "pretrained_model_name_or_path"), "model"),
+}
+# Other tools' columns with no one column to use instead: refused with what to do.
+OTHER_TOOLS_HINTS: dict[str, str] = {
+    **dict.fromkeys(("size", "resolution"), _SIZE_HINT := "use 'width' and 'height'"),
+    **dict.fromkeys(("num_images_per_prompt", "n_iter", "batch_count", "n_samples", "num_images"),
+                    "one row is one image: give each image its own row (sdbatch sweep --seeds 0-3 does)"),
+    "batch_size": "the batch size is a run option (--batch-size), not a column",
+}
+_MAX_COMPARED_CHARS = 40
+
+
+def _squash(name: str) -> str:
+    """A name without case and word separators: ``Guidance-Scale`` and ``guidanceScale`` alike."""
+    return "".join(ch for ch in name.lower() if ch not in " _-.")
+
+
+_SQUASHED_KNOWN = {_squash(n): n for n in COLUMN_NAMES if len(n) > 3}
+_SQUASHED_OTHER = {_squash(n): target for n, target in OTHER_TOOLS_NAMES.items()}
+_SQUASHED_HINTS = {_squash(n): hint for n, hint in OTHER_TOOLS_HINTS.items()}
+
+
+def _edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance with adjacent transpositions counted as one edit (``promtp``)."""
+    previous2: list[int] = []
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i] + [0] * len(b)
+        for j, cb in enumerate(b, 1):
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb))
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                current[j] = min(current[j], previous2[j - 2] + 1)
+        previous2, previous = previous, current
+    return previous[-1]
+
+
+def is_label(name: str, labels: Sequence[str] = ()) -> bool:
+    """Declared a label: named by ``--label``, prefixed ``label_``, or the ``labels`` struct column."""
+    lowered = name.lower()
+    return name in labels or lowered == LABELS_COLUMN or lowered.startswith(LABEL_PREFIX)
+
+
+def likely_meant(name: str) -> str | None:
+    """The manifest column ``name`` (not itself one) most likely stands for, or None: another
+    tool's name for it, the same name in other case or separators, a prefix of it (``guidance``),
+    or a typo (one edit for names up to 6 letters, keeping the first; two for longer names)."""
+    if name in COLUMN_NAMES or len(name) > _MAX_COMPARED_CHARS:
+        return None
+    squashed = _squash(name)
+    if squashed in _SQUASHED_OTHER:
+        return _SQUASHED_OTHER[squashed]
+    if name.lower() in COLUMN_NAMES:  # ID, Id: short names match only in another case
+        return name.lower()
+    if squashed in _SQUASHED_KNOWN:
+        return _SQUASHED_KNOWN[squashed]
+    if len(squashed) >= 4:
+        for known_squashed, known in _SQUASHED_KNOWN.items():
+            if known_squashed.startswith(squashed):
+                return known
+    best: tuple[int, str] | None = None
+    for known_squashed, known in _SQUASHED_KNOWN.items():
+        limit = 1 if len(known_squashed) <= 6 else 2
+        if limit == 1 and squashed[:1] != known_squashed[:1]:
+            continue
+        distance = _edit_distance(squashed, known_squashed)
+        if distance <= limit and (best is None or distance < best[0]):
+            best = (distance, known)
+    return best[1] if best else None
+
+
+def check_column_names(names: Sequence[str], labels: Sequence[str], problems: ProblemLog) -> list[str]:
+    """Columns that look like a misspelt manifest column or another tool's name for one are refused
+    (a silently ignored ``guidance`` would run every row at the default), unless declared labels or
+    the column they stand for is there too (then nothing runs at a default it did not mean).
+    Returns notes: ``labels`` naming no column."""
+    present = set(names)
+    for name in names:
+        if name in COLUMN_NAMES:
+            if name in labels:
+                problems.add(name, "declared a label (--label), but it is a manifest column; rename the "
+                                   f"column (e.g. {LABEL_PREFIX}{name}) to carry it as a label")
+            continue
+        if is_label(name, labels):
+            continue
+        hint = _SQUASHED_HINTS.get(_squash(name)) if len(name) <= _MAX_COMPARED_CHARS else None
+        if hint == _SIZE_HINT and present & {"width", "height"}:
+            continue
+        meant = likely_meant(name) if hint is None else None
+        if hint is None and (meant is None or meant in present):
+            continue
+        advice = hint or f"did you mean '{meant}'?"
+        problems.add(name, f"not a manifest column; {advice} (if it is a label: rename it "
+                           f"{LABEL_PREFIX}{name} or pass --label {_quoted(name)})")
+    return [f"--label {_quoted(label)}: no such column in the manifest" for label in labels if label not in present]
+
+
+def _quoted(name: str) -> str:
+    """A column name as one shell word (for a ``--label`` the user can paste)."""
+    if name and all(ch.isalnum() or ch in "_-." for ch in name):
+        return name
+    return "'" + name.replace("'", "'\\''") + "'"
 
 
 def check_schema(schema: pa.Schema, problems: ProblemLog) -> None:
@@ -152,7 +280,8 @@ class BatchChecker:
         values = self._column(name)
         if values is None or pa.types.is_null(values.type):
             return
-        inside = pc.and_(pc.greater_equal(values, low), pc.less_equal(values, high))
+        numbers = _float64(values)
+        inside = pc.and_(pc.greater_equal(numbers, low), pc.less_equal(numbers, high))
         what = "a finite number " if finite else ""
         self._report(name, pc.invert(inside), f"must be {what}between {low:g} and {high:g}", values)
 
@@ -161,16 +290,19 @@ class BatchChecker:
         if values is None or pa.types.is_null(values.type):
             return
         low, high = SIZE_RANGE
-        inside = pc.and_(pc.greater_equal(values, low), pc.less_equal(values, high))
+        numbers = _float64(values)
+        inside = pc.and_(pc.greater_equal(numbers, low), pc.less_equal(numbers, high))
         self._report(name, pc.invert(inside), f"must be between {low} and {high}", values)
-        off_grid = pc.not_equal(pc.bit_wise_and(values, SIZE_MULTIPLE - 1), 0)
+        low_bits = pc.bit_wise_and(values, pa.scalar(SIZE_MULTIPLE - 1, values.type))
+        off_grid = pc.not_equal(low_bits, pa.scalar(0, values.type))
         self._report(name, pc.and_(inside, off_grid), f"must be a multiple of {SIZE_MULTIPLE}", values)
 
     def check_strength(self) -> None:
         values = self._column("strength")
         if values is None or pa.types.is_null(values.type):
             return
-        inside = pc.and_(pc.greater(values, 0), pc.less_equal(values, 1))
+        numbers = _float64(values)
+        inside = pc.and_(pc.greater(numbers, 0), pc.less_equal(numbers, 1))
         self._report("strength", pc.invert(inside), "must be in (0, 1]", values)
 
     def check_images(self) -> None:
@@ -192,6 +324,13 @@ class BatchChecker:
             return
         empty = pc.equal(pc.binary_length(pc.cast(values, pa.string())), 0)
         self._report("id", empty, "empty id (leave it null to derive one)")
+
+
+def _float64(values: pa.Array) -> pa.Array:
+    """Any integer or float column as float64, for range comparisons that no value can overflow:
+    integers past 2**53 round, but every bound is far below that (uint64 against an int64 bound, or
+    float16, has no Arrow comparison kernel of its own)."""
+    return pc.cast(values, pa.float64(), safe=False)
 
 
 def _plain(values: pa.Array) -> pa.Array:

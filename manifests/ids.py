@@ -20,22 +20,44 @@ import pyarrow.compute as pc
 from .schema import COLUMNS_BY_NAME, FLOAT, GENERATION_COLUMNS, IMAGE, INT, SEED
 
 MAX_KEY_LENGTH = 120
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _ID_VERSION = b"sdbatch-id-v1"
 _NULL = "~"
 
+# Output keys: ids kept as they are where they hold only these characters (and do not start with
+# "-"); every other character is escaped as "~" and two hex digits a UTF-8 byte. Keys never hold a
+# dot (webdataset splits a member's name at its first dot) and so never "..".
+_UNSAFE = re.compile(r"^-|[^A-Za-z0-9_-]")  # a leading "-" or any character outside the safe set
+_ESCAPE = "~"
+# Marks a key cut to MAX_KEY_LENGTH: an untruncated key has "~" only before two hex digits.
+_TRUNCATED = "~~"
+_KEY_HASH_HEX = 32  # 128 bits of SHA-256 of the whole id after the marker
+_KEEP_CHARS = MAX_KEY_LENGTH - len(_TRUNCATED) - _KEY_HASH_HEX
+
+
+def _escape_match(match: re.Match) -> str:
+    return "".join(f"{_ESCAPE}{byte:02x}" for byte in match.group().encode("utf-8", "surrogatepass"))
+
 
 def safe_key(row_id: str) -> str:
-    """A file / object-key safe name for ``row_id``: no separators, no ``..``, bounded length.
+    """The output name of ``row_id``: a file name / object key / webdataset sample name, and a
+    different one for every different id.
 
-    Distinct ids that clean to the same text get a short hash suffix, so they never collide.
+    Ids of ``A-Z a-z 0-9 _ -`` (not starting with ``-``) are their own key (``row_001``,
+    ``cat-01``); other characters are escaped reversibly as ``~`` + two hex digits a UTF-8 byte
+    (``a b`` -> ``a~20b``, ``a.b`` -> ``a~2eb``). A key that would pass ``MAX_KEY_LENGTH``
+    characters (or an empty id) is cut to its first escaped characters, then ``~~`` and 128 bits
+    of SHA-256 of the whole id: no untruncated key holds ``~~``. So keys never hold ``/``, ``.``
+    or a leading ``-``, and two ids share a key only if their 128-bit hashes collide.
     """
-    cleaned = _UNSAFE.sub("_", row_id).strip("._") or "row"
-    cleaned = cleaned.replace("..", "_")
-    if cleaned == row_id and len(cleaned) <= MAX_KEY_LENGTH:
-        return cleaned
-    digest = hashlib.sha256(row_id.encode()).hexdigest()[:12]
-    return f"{cleaned[: MAX_KEY_LENGTH - 13]}-{digest}"
+    escaped = _UNSAFE.sub(_escape_match, row_id)
+    if escaped and len(escaped) <= MAX_KEY_LENGTH:
+        return escaped
+    cut = escaped[:_KEEP_CHARS]
+    partial = cut.rfind(_ESCAPE, max(0, len(cut) - 2))
+    if partial >= 0:  # do not leave half an escape before the marker
+        cut = cut[:partial]
+    digest = hashlib.sha256(row_id.encode("utf-8", "surrogatepass")).hexdigest()[:_KEY_HASH_HEX]
+    return f"{cut}{_TRUNCATED}{digest}"
 
 
 def derive_seed(row_id: str) -> int:

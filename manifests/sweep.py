@@ -4,15 +4,20 @@ Rows are the cartesian product of the axes. Axes named in one zip group are pair
 element instead (InvokeAI's batch groups): they must have equal lengths and count as one axis of
 the product. Rows are computed from index arithmetic a chunk at a time, so a large sweep never
 exists in memory as Python objects.
+
+Each row gets an id from a template over its axis values (``p0-s7-g5_5`` by default), so a sweep's
+outputs are named by their axes; a template that gives two rows one id is refused.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import string
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -20,7 +25,8 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from .checks import check_batch, check_types
+from .checks import check_batch, check_column_names, check_types
+from .formats import CSV, JSONL, PARQUET, TEXT_COLUMNS, TSV
 from .problems import ProblemLog
 from .schema import COLUMN_NAMES, SEED_MAX
 
@@ -44,9 +50,11 @@ class Axis:
 
 @dataclass(frozen=True)
 class SweepPlan:
-    """Axes in product order (outermost first), each group a zip of one or more axes."""
+    """Axes in product order (outermost first), each group a zip of one or more axes, and the
+    template of the rows' ids (None: no id column; ids are derived from the rows at run time)."""
 
     groups: tuple[tuple[Axis, ...], ...]
+    id_template: "IdTemplate | None" = None
 
     @property
     def lengths(self) -> list[int]:
@@ -59,7 +67,11 @@ class SweepPlan:
     def describe(self) -> str:
         return " x ".join(f"{len(g[0])} {'+'.join(a.name for a in g)}" for g in self.groups)
 
-    def chunks(self, chunk_rows: int = WRITE_CHUNK_ROWS) -> Iterator[pa.Table]:
+    def columns(self) -> list[str]:
+        return [name for group in self.groups for axis in group for name in axis.columns]
+
+    def _chunk_values(self, chunk_rows: int) -> Iterator[tuple[int, dict[str, pa.Array], dict[str, pa.Array]]]:
+        """(first row, column values, each column's index into its axis) a chunk of rows at a time."""
         lengths = np.array(self.lengths, np.int64)
         strides = np.ones(len(lengths), np.int64)
         for i in range(len(lengths) - 2, -1, -1):
@@ -67,12 +79,27 @@ class SweepPlan:
         for start in range(0, self.rows, chunk_rows):
             row = np.arange(start, min(start + chunk_rows, self.rows), dtype=np.int64)
             columns: dict[str, pa.Array] = {}
+            indices: dict[str, pa.Array] = {}
             for group, stride, length in zip(self.groups, strides, lengths):
                 index = pa.array((row // stride) % length)
                 for axis in group:
                     for name, values in axis.columns.items():
                         columns[name] = values.take(index)
+                        indices[name] = index
+            yield start, columns, indices
+
+    def chunks(self, chunk_rows: int = WRITE_CHUNK_ROWS) -> Iterator[pa.Table]:
+        for start, columns, indices in self._chunk_values(chunk_rows):
+            if self.id_template is not None:
+                columns = {"id": pa.array(self.id_template.render(start, columns, indices), pa.string()),
+                           **{n: v for n, v in columns.items() if n != "id"}}
             yield pa.table(_ordered(columns))
+
+    def ids(self, chunk_rows: int = WRITE_CHUNK_ROWS) -> Iterator[tuple[int, list[str]]]:
+        """(first row, ids) a chunk at a time (the id template must be set)."""
+        assert self.id_template is not None
+        for start, columns, indices in self._chunk_values(chunk_rows):
+            yield start, self.id_template.render(start, columns, indices)
 
 
 def _ordered(columns: dict[str, pa.Array]) -> dict[str, pa.Array]:
@@ -132,7 +159,7 @@ def read_prompts_file(path: str | Path) -> pa.Table:
     try:
         if suffix == ".csv":
             table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
-                column_types={"prompt": pa.string(), "negative_prompt": pa.string()}))
+                column_types={name: pa.string() for name in TEXT_COLUMNS}))
         elif suffix in (".jsonl", ".ndjson"):
             table = pajson.read_json(path, parse_options=pajson.ParseOptions(
                 explicit_schema=pa.schema([("prompt", pa.string())]), unexpected_field_behavior="infer"))
@@ -156,23 +183,155 @@ def check_axis(axis: Axis, schedulers: Sequence[str]) -> None:
     """The manifest checks, run on an axis's own values: refusals name the option."""
     problems = ProblemLog()
     batch = pa.RecordBatch.from_pydict(axis.columns)
+    check_column_names(batch.schema.names, (), problems)  # a prompts file's misspelt columns
     check_types(batch.schema, problems)
     if not problems:
         check_batch(batch, 0, problems, schedulers)
     if problems:
-        raise SweepError("\n".join(_describe(axis, p) for p in problems.problems))
+        raise SweepError("\n".join(_describe(axis, problems.problems)))
 
 
-def _describe(axis: Axis, problem) -> str:
-    """Prompts (with a prompts file's columns) by column and row; other axes by option alone."""
+def _describe(axis: Axis, problems: list) -> list[str]:
+    """Prompts (with a prompts file's columns) by column and row; other axes by option alone, each
+    message once (``--size 500x500`` fails width and height alike: one line, not two)."""
     if axis.name == "prompt":
-        return f"prompts (--prompt values first, then --prompts rows): {problem.message()}"
-    return f"--{axis.name}: {problem.details()}"
+        return [f"prompts (--prompt values first, then --prompts rows): {p.message()}" for p in problems]
+    return list(dict.fromkeys(f"--{axis.name}: {p.details()}" for p in problems))
+
+
+# -- row ids ----------------------------------------------------------------------------------------
+
+# The default id: one part an axis, in product order (p0-s7-g5_5).
+_DEFAULT_ID_PARTS = {
+    "prompt": "p{prompt_index}",
+    "negative-prompt": "neg{negative_prompt_index}",
+    "seeds": "s{seed}",
+    "guidance": "g{guidance_scale}",
+    "steps": "steps{steps}",
+    "scheduler": "{scheduler}",
+    "size": "{width}x{height}",
+    "strength": "str{strength}",
+}
+
+
+def _number_text(value: float) -> str:
+    """A float as the shortest text that reads back as it, ``_`` for the point (``5.5`` -> ``5_5``,
+    ``7.0`` -> ``7``), so ids are file names as they are."""
+    if math.isfinite(value) and value == int(value) and abs(value) < 2**53:
+        return str(int(value))
+    return repr(value).replace(".", "_")
+
+
+class _IdFormatter(string.Formatter):
+    def format_field(self, value: Any, format_spec: str) -> str:
+        if value is None:
+            return ""
+        if isinstance(value, float) and not format_spec:
+            return _number_text(value)
+        return super().format_field(value, format_spec)
+
+
+class IdTemplate:
+    """A ``str.format`` template of a row's id. Fields: any column of the sweep (``{seed}``,
+    ``{guidance_scale}``, a prompts file's columns), ``{COLUMN_index}`` (the position of the row's
+    value in its axis, from 0: ``{prompt_index}``) and ``{row}`` (the row number)."""
+
+    def __init__(self, text: str, columns: Sequence[str], default: bool = False):
+        self.text = text
+        self.default = default  # built from the axes, not given by --id-template
+        allowed = {"row", *columns, *(f"{c}_index" for c in columns)}
+        self.fields: list[str] = []
+        try:
+            parsed = list(string.Formatter().parse(text))
+        except ValueError as exc:
+            raise SweepError(f"--id-template {text!r}: {exc}") from None
+        for _, field, spec, _ in parsed:
+            if field is None:
+                continue
+            if field not in allowed:
+                shown = ", ".join("{" + f + "}" for f in sorted(allowed))
+                raise SweepError(f"--id-template {text!r}: unknown field {{{field}}}; fields: {shown}")
+            if "{" in (spec or ""):
+                raise SweepError(f"--id-template {text!r}: nested fields are not supported")
+            if field not in self.fields:
+                self.fields.append(field)
+        self._formatter = _IdFormatter()
+
+    def render(self, start: int, columns: dict[str, pa.Array], indices: dict[str, pa.Array]) -> list[str]:
+        rows = len(next(iter(columns.values())))
+        values: dict[str, list] = {}
+        for field in self.fields:
+            if field == "row":
+                values[field] = list(range(start, start + rows))
+            elif field in columns:
+                values[field] = columns[field].to_pylist()
+            else:
+                values[field] = indices[field[: -len("_index")]].to_pylist()
+        out = []
+        for i in range(rows):
+            mapping = {field: column[i] for field, column in values.items()}
+            try:
+                out.append(self._formatter.vformat(self.text, (), mapping))
+            except (ValueError, TypeError) as exc:
+                shown = ", ".join(f"{k}={v!r}" for k, v in mapping.items())
+                raise SweepError(
+                    f"--id-template {self.text!r}: cannot format row {start + i} ({shown}): {exc}") from None
+        return out
+
+
+def _id_part(axis: Axis) -> str:
+    if axis.name == "prompt" and "id" in axis.columns:
+        return "{id}"  # a prompts file's own ids stand for its prompts
+    return _DEFAULT_ID_PARTS.get(axis.name, "{%s_index}" % next(iter(axis.columns)))
+
+
+def default_id_template(groups: Sequence[Sequence[Axis]]) -> str:
+    """One part an axis that varies, outermost first: ``p{prompt_index}-s{seed}-g{guidance_scale}``
+    (axes of one value tell no rows apart and are left out; the prompt's part stays when none
+    varies)."""
+    parts = [_id_part(axis) for group in groups if len(group[0]) > 1 for axis in group]
+    if not parts:
+        parts = [_id_part(axis) for group in groups for axis in group if axis.name == "prompt"]
+    return "-".join(parts)
+
+
+def _id_hashes(ids: list[str]) -> np.ndarray:
+    return np.fromiter((hash(i) for i in ids), dtype=np.int64, count=len(ids))
+
+
+def _id_clash(plan: SweepPlan, hashes: np.ndarray) -> tuple[int, int, str] | None:
+    """Two rows with one id (the first such pair), from all rows' id hashes: a repeated hash is
+    checked against the ids themselves."""
+    ordered = np.sort(hashes)
+    repeated = set(ordered[1:][ordered[1:] == ordered[:-1]].tolist())
+    if not repeated:
+        return None
+    first: dict[str, int] = {}
+    for start, ids in plan.ids():
+        for offset in np.flatnonzero(np.isin(_id_hashes(ids), list(repeated))).tolist():
+            row_id = ids[offset]
+            if row_id in first:
+                return first[row_id], start + offset, row_id
+            first[row_id] = start + offset
+    return None
+
+
+def _clash_message(plan: SweepPlan, clash: tuple[int, int, str]) -> str:
+    a, b, row_id = clash
+    template = plan.id_template
+    if template.default:
+        which = f"the default ids ({template.text!r}) give"
+    else:
+        which = f"--id-template {template.text!r} gives"
+    return (f"{which} rows {a:,} and {b:,} the same id {row_id!r}: ids must be unique; "
+            "remove a repeated axis value or give --id-template a field that tells them apart")
 
 
 def plan_sweep(axes: Sequence[Axis], zips: Sequence[Sequence[str]] = (),
-               schedulers: Sequence[str] = ()) -> SweepPlan:
-    """Check the axes and arrange them into the product (zip groups paired)."""
+               schedulers: Sequence[str] = (), id_template: str | None = None) -> SweepPlan:
+    """Check the axes and arrange them into the product (zip groups paired). ``id_template``:
+    the rows' ids (see ``IdTemplate``); None gives the default, ``""`` no id column (ids derived
+    from the rows at run time)."""
     by_name = {a.name: a for a in axes}
     if "prompt" not in by_name:
         raise SweepError("no prompts: give --prompt TEXT (repeatable) or --prompts FILE")
@@ -210,23 +369,99 @@ def plan_sweep(axes: Sequence[Axis], zips: Sequence[Sequence[str]] = (),
         elif grouped[axis.name] not in placed:
             placed.add(grouped[axis.name])
             ordered.append(tuple(groups[grouped[axis.name]]))
-    return SweepPlan(tuple(ordered))
+    if id_template == "":
+        return SweepPlan(tuple(ordered))
+    text = id_template if id_template is not None else default_id_template(ordered)
+    plan = SweepPlan(tuple(ordered), IdTemplate(text, [c for a in axes for c in a.columns], id_template is None))
+    first_ids = next(plan.ids(chunk_rows=1))[1]  # a format spec that cannot format is refused now
+    if not first_ids[0]:
+        raise SweepError(f"--id-template {text!r}: gives an empty id")
+    return plan
 
 
-def write_sweep(plan: SweepPlan, out: str | Path) -> None:
-    """Write the plan's rows as one Parquet file, whole or not at all."""
+# -- writing ----------------------------------------------------------------------------------------
+
+WRITE_FORMATS = {".parquet": PARQUET, ".pq": PARQUET, ".csv": CSV, ".tsv": TSV, ".jsonl": JSONL,
+                 ".ndjson": JSONL}
+
+
+def output_format(out: str | Path, force: bool = False) -> str:
+    """The format ``out``'s extension names; an unknown extension, or an existing file without
+    ``force``, is refused."""
     out = Path(out)
+    fmt = WRITE_FORMATS.get(out.suffix.lower())
+    if fmt is None:
+        raise SweepError(f"-o {out}: unknown extension {out.suffix!r}; use .parquet, .csv, .tsv or .jsonl")
+    if out.is_dir():
+        raise SweepError(f"-o {out}: is a folder")
+    if out.exists() and not force:
+        raise SweepError(f"-o {out}: the file exists; use --force to replace it")
+    return fmt
+
+
+class _TextWriter:
+    """CSV/TSV through pyarrow's CSV writer; JSON Lines one object a line (pyarrow has no JSON
+    writer)."""
+
+    def __init__(self, path: Path, fmt: str, schema: pa.Schema):
+        self.fmt = fmt
+        if fmt == JSONL:
+            self._file = open(path, "w", encoding="utf-8")
+            self._csv = None
+        else:
+            self._file = None
+            options = pacsv.WriteOptions(delimiter="\t" if fmt == TSV else ",")
+            try:
+                self._csv = pacsv.CSVWriter(str(path), schema, write_options=options)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+                raise SweepError(f"cannot write {fmt.upper()}: {exc}; write .parquet or .jsonl instead") from None
+
+    def write_table(self, table: pa.Table) -> None:
+        if self._csv is not None:
+            self._csv.write_table(table)
+            return
+        for row in table.to_pylist():
+            try:
+                line = json.dumps(row, ensure_ascii=False, allow_nan=False, default=str)
+            except ValueError:
+                raise SweepError("cannot write JSON Lines: a column holds NaN or infinity, which JSON "
+                                 "has no number for; write .parquet or .csv instead") from None
+            self._file.write(line + "\n")
+
+    def close(self) -> None:
+        if self._csv is not None:
+            self._csv.close()
+        if self._file is not None:
+            self._file.close()
+
+
+def write_sweep(plan: SweepPlan, out: str | Path, fmt: str | None = None) -> None:
+    """Write the plan's rows to ``out`` in ``fmt`` (default: by its extension), whole or not at
+    all; an id template that gives two rows one id is refused (``SweepError``) and nothing is
+    written."""
+    out = Path(out)
+    fmt = fmt or output_format(out, force=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
     writer = None
+    hashes: list[np.ndarray] = []
     try:
         for chunk in plan.chunks():
             if writer is None:
-                writer = pq.ParquetWriter(tmp, chunk.schema, compression="zstd")
+                writer = (pq.ParquetWriter(tmp, chunk.schema, compression="zstd") if fmt == PARQUET
+                          else _TextWriter(tmp, fmt, chunk.schema))
+            if plan.id_template is not None:
+                hashes.append(_id_hashes(chunk.column("id").to_pylist()))
             writer.write_table(chunk)
         writer.close()
         writer = None
+        if hashes:
+            clash = _id_clash(plan, np.concatenate(hashes))
+            if clash is not None:
+                raise SweepError(_clash_message(plan, clash))
         os.replace(tmp, out)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+        raise SweepError(f"cannot write {out}: {exc}") from None
     finally:
         if writer is not None:
             writer.close()

@@ -8,7 +8,6 @@ ids exactly. Repeats of a given id are refused; repeats of a derived id are exac
 
 from __future__ import annotations
 
-import difflib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .checks import check_batch, check_schema
+from .checks import check_batch, check_column_names, check_schema
 from .normalise import extra_columns, normalise_batch
 from .problems import ManifestError, Problem, ProblemLog
 from .schema import BATCH_KEY_COLUMNS, COLUMN_NAMES, batch_key_table
@@ -88,17 +87,6 @@ def _given(batch: pa.RecordBatch) -> np.ndarray:
     if "id" not in batch.schema.names:
         return np.zeros(batch.num_rows, bool)
     return batch.column("id").is_valid().to_numpy(zero_copy_only=False)
-
-
-def _suggestions(extras: list[str]) -> list[str]:
-    notes = []
-    for name in extras:
-        close = [c for c in COLUMN_NAMES if c.startswith(name.lower()) and len(name) >= 3]
-        close = close or difflib.get_close_matches(name.lower(), COLUMN_NAMES, n=1, cutoff=0.75)
-        if close:
-            notes.append(f"column '{name}' is not a manifest column (carried through as a label); "
-                         f"did you mean '{close[0]}'?")
-    return notes
 
 
 class _Scan:
@@ -186,27 +174,38 @@ class _Scan:
             path=self.source.path, files=len(self.source.files), rows=self.rows,
             modes=dict(self.modes), distinct_prompts=len(np.unique(prompts)),
             group_sizes={k: v for k, v in self.groups.items() if v > 0},
-            extra_columns=extras, notes=_suggestions(extras),
+            extra_columns=extras,
             problems=self.problems.problems, duplicate_row_numbers=duplicates,
         )
 
 
 def validate_source(source: ManifestSource, default_model: str = "",
                     schedulers: Sequence[str] | None = None, batch_rows: int = BATCH_ROWS,
-                    on_batch: BatchObserver | None = None) -> ManifestReport:
-    """Check every row of ``source``; problems are in the report, not raised. ``on_batch`` sees
-    every batch of the one streaming pass (until a problem is found: then it is no longer called)."""
+                    labels: Sequence[str] = (), on_batch: BatchObserver | None = None) -> ManifestReport:
+    """Check every row of ``source``; problems are in the report, not raised.
+
+    ``labels`` are columns declared labels (``--label``): carried through even where their name
+    looks like a misspelt manifest column. ``on_batch`` sees every batch of the one streaming pass,
+    every column read (until a problem is found: then it is no longer called).
+    """
     scan = _Scan(source, default_model, schedulers if schedulers is not None else known_schedulers())
+    notes = check_column_names(source.column_names, labels, scan.problems)
+    named = len(scan.problems)
     check_schema(source.schema, scan.problems)
-    if scan.problems:
+    if len(scan.problems) > named:  # columns the row checks cannot read
         report = scan.report(np.zeros(0, np.int64))
         report.rows = source.count_rows()
+        report.notes = notes
         return report
     scan.first_pass(batch_rows, on_batch)
+    if on_batch is None:  # the pass read only the schema's columns; labels are read by run
+        source.check_utf8(extra_columns(source.column_names), batch_rows)
     if scan.rows == 0:
         raise ManifestError(f"{source.path}: the manifest has no rows")
     candidates = scan.candidate_rows()
     duplicates = scan.second_pass(candidates, batch_rows) if len(candidates) else np.zeros(0, np.int64)
     if len(duplicates):
         log.info("%d exact duplicate rows in %s: each generated once", len(duplicates), source.path)
-    return scan.report(duplicates)
+    report = scan.report(duplicates)
+    report.notes = notes
+    return report

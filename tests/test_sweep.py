@@ -101,10 +101,10 @@ def test_prompt_files_text_csv_and_jsonl(tmp_path):
     (tmp_path / "p.csv").write_text('prompt,label,negative_prompt\n"a cat, red",x,blurry\n123,y,\n')
     (tmp_path / "p.jsonl").write_text('{"prompt": "a cat", "label": 1}\n{"prompt": "a dog", "label": 2}\n')
     for name, expected in (
-        ("p.txt", [{"prompt": "a cat"}, {"prompt": "a dog, sitting"}]),
-        ("p.csv", [{"prompt": "a cat, red", "negative_prompt": "blurry", "label": "x"},
-                   {"prompt": "123", "negative_prompt": "", "label": "y"}]),
-        ("p.jsonl", [{"prompt": "a cat", "label": 1}, {"prompt": "a dog", "label": 2}]),
+        ("p.txt", [{"id": "p0", "prompt": "a cat"}, {"id": "p1", "prompt": "a dog, sitting"}]),
+        ("p.csv", [{"id": "p0", "prompt": "a cat, red", "negative_prompt": "blurry", "label": "x"},
+                   {"id": "p1", "prompt": "123", "negative_prompt": "", "label": "y"}]),
+        ("p.jsonl", [{"id": "p0", "prompt": "a cat", "label": 1}, {"id": "p1", "prompt": "a dog", "label": 2}]),
     ):
         out = tmp_path / f"{name}.parquet"
         result = invoke("sweep", "-o", str(out), "--prompts", str(tmp_path / name))
