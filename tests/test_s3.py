@@ -10,7 +10,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,43 +22,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
-from moto.server import ThreadedMotoServer
 from PIL import Image
 
+from conftest import S3_ACCESS_KEY as ACCESS_KEY
+from conftest import S3_SECRET as SECRET
 from conftest import write_manifest
 from sdbatch.jobs.storage import StorageOptions, open_storage
 
 CLI = [sys.executable, "-m", "sdbatch.jobs.cli"]
-ACCESS_KEY = "AKIASDBATCHTESTKEY01"
-SECRET = f"sdbatch-test-secret-{uuid.uuid4().hex}"
 ROWS = 24
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def endpoint():
-    """A moto S3 server on loopback, and test credentials in the environment (inherited by the
-    sdbatch subprocesses, as a real deployment's would be)."""
-    saved = dict(os.environ)
-    os.environ.update(AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET, AWS_DEFAULT_REGION="us-east-1",
-                      AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE="/nonexistent",
-                      AWS_SHARED_CREDENTIALS_FILE="/nonexistent")
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-        os.environ.pop(name, None)
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 @pytest.fixture
