@@ -48,7 +48,7 @@ def files_dir_of(page: Path) -> Path:
 
 
 def _notes(job: JobRows, grid: ReportGrid) -> list[str]:
-    notes = []
+    notes = list(job.problems)
     if job.planned_shards and job.committed_shards < job.planned_shards:
         notes.append(f"the job is incomplete: {job.committed_shards} of {job.planned_shards} shards are committed; "
                      "rows of the others are not shown yet")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -44,6 +44,7 @@ class JobRows:
     committed_shards: int
     planned_shards: int | None  # None: the plan could not be read
     planned_rows: int | None
+    problems: list[str] = field(default_factory=list)  # what could not be read, for the page's notes
 
 
 def committed_shard_names(storage: Storage) -> list[str]:
@@ -71,13 +72,16 @@ def read_job_rows(storage: Storage) -> JobRows:
         if plan is None:
             raise ReportError(f"{storage.root}: not an sdbatch output (no {PLAN_PATH}, no committed shards)")
         raise ReportError(f"{storage.root}: no shard is committed yet; nothing to show")
-    tables = []
+    tables, problems = [], []
     for shard in shards:
         path = metadata_path(shard)
         if not storage.exists(path):
-            raise ReportError(f"{storage.root}: shard {shard} is committed but {path} is missing "
-                              "(run sdbatch verify)")
+            problems.append(f"shard {shard} is committed but {path} is missing (run sdbatch verify); "
+                            "its rows are not shown")
+            continue
         tables.append(pq.read_table(io.BytesIO(storage.read_bytes(path))))
+    if not tables:
+        raise ReportError(f"{storage.root}: {problems[0]}")
     table = pa.concat_tables(tables, promote_options="permissive").flatten()
     table = table.sort_by("row_index")
     rows = table.to_pylist()
@@ -92,4 +96,5 @@ def read_job_rows(storage: Storage) -> JobRows:
         committed_shards=len(shards),
         planned_shards=len(plan["shards"]) if plan else None,
         planned_rows=plan.get("rows") if plan else None,
+        problems=problems,
     )

@@ -445,3 +445,21 @@ def test_report_starts_without_torch():
             "print([m for m in ('torch', 'diffusers', 'transformers', 'ray') if m in sys.modules])")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_only_committed_shards_count(local_job, tmp_path):
+    """A shard without its commit marker (a job still running, or interrupted) is not shown, and
+    the page and output say the job is incomplete."""
+    out = tmp_path / "out"
+    shutil.copytree(local_job, out)
+    (out / "_job" / "shards" / "00001.json").unlink()
+    shown = [r for r in metadata(out) if r["shard"] != "00001"]
+    page = tmp_path / "report.html"
+    result = make_report(str(out), "-o", str(page))
+    assert result.exit_code == 0, result.output
+    assert "note: the job is incomplete: 2 of 3 shards are committed" in result.output
+    ok = sum(r["status"] == "ok" for r in shown)
+    assert f": {ok} images, " in result.output
+    assert sorted(p.stem for p in (tmp_path / "report_files" / "rows").glob("*.html")) == \
+        sorted(str(r["row_index"]) for r in shown)
+    assert "the job is incomplete" in page.read_text(encoding="utf-8")
