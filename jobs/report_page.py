@@ -99,6 +99,7 @@ td.error a, td.unreadable a { color: inherit; text-decoration: none; }
            padding: 6px; overflow-wrap: anywhere; text-align: left; }
 td.empty { color: var(--muted); font-size: 12px;
            background: repeating-linear-gradient(45deg, #f0f0f2 0 6px, #e7e7ea 6px 12px); }
+td.empty .cellbox { text-align: center; }
 td.several .stack { display: flex; flex-wrap: wrap; gap: 2px; max-width: var(--cell-w); }
 td.several .stack img { width: calc(var(--cell-w) / 2 - 1px); height: auto; }
 .top { font-size: 12px; }
