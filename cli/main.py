@@ -10,6 +10,7 @@ from . import logs
 from .manifest_commands import sweep, validate
 from .model_commands import tiny_model
 from .output_commands import status, verify
+from .report_command import report
 from .run_command import run
 
 
@@ -30,7 +31,7 @@ def main(ctx: click.Context, verbose: int) -> None:
     logs.configure(verbose)
 
 
-for command in (run, validate, sweep, status, verify, tiny_model):
+for command in (run, validate, sweep, status, verify, report, tiny_model):
     main.add_command(command)
 
 

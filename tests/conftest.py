@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny models written once per session through the real `sdbatch tiny-model` path."""
+"""Shared fixtures: tiny models written once per session through the real `sdbatch tiny-model` path,
+in-process CLI calls, the planner's rows, and an S3-compatible server (moto) on loopback."""
 
 from __future__ import annotations
 
