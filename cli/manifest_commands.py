@@ -25,6 +25,7 @@ from sdbatch.manifests.sweep import (
 from sdbatch.manifests.validate import ManifestReport, known_schedulers, validate_source
 
 from . import exit_codes
+from .options import s3_from, s3_options
 
 DEFAULT_MAX_ROWS = 100_000
 
@@ -72,6 +73,10 @@ def format_report(report: ManifestReport, batch_size: int, shard_size: int) -> l
 
 @click.command()
 @click.argument("manifest")
+@click.option("--model", default="tiny", show_default=True,
+              help="As for run: the model of rows with none of their own (checked, with every model the "
+                   "rows name, for the columns its family uses; no weights are read).")
+@click.option("--refiner", default=None, metavar="MODEL", help="As for run: the refiner of rows with a refiner_start.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
               help="As for run: used to count planned batches.")
 @click.option("--shard-size", type=click.IntRange(min=1), default=1000, show_default=True,
@@ -80,18 +85,34 @@ def format_report(report: ManifestReport, batch_size: int, shard_size: int) -> l
               help="Carry COLUMN through as a label even though its name looks like a misspelt manifest "
                    "column (repeatable). Columns named label_* or a 'labels' struct column are labels "
                    "without it.")
-def validate(manifest: str, batch_size: int, shard_size: int, labels: tuple[str, ...]) -> None:
-    """Check every row of MANIFEST (a Parquet, CSV, TSV or JSON Lines file, folder or glob) and
-    print a short report.
+@s3_options
+def validate(manifest: str, model: str, refiner: str | None, batch_size: int, shard_size: int,
+             labels: tuple[str, ...], s3_endpoint_url, s3_path_style, s3_retries) -> None:
+    """Check every row of MANIFEST (a Parquet, CSV, TSV or JSON Lines file, folder or glob) and the
+    models its rows name, and print a short report.
 
     Exits 0 when the manifest can run, 2 when run would refuse it.
     """
+    from sdbatch.jobs.model_columns import ModelColumnUsage, check_models
+
+    usage = ModelColumnUsage()
     try:
-        report = validate_source(open_manifest(manifest), labels=labels)
+        source = open_manifest(manifest, s3_from(s3_endpoint_url, s3_path_style, s3_retries))
+        report = validate_source(source, model, labels=labels, on_batch=usage.add)
     except ManifestError as exc:
         click.echo(f"error: manifest refused: {exc}", err=True)
         sys.exit(exit_codes.REFUSED)
-    for line in format_report(report, batch_size, shard_size):
+    models_line = None
+    if not report.problems:  # the models, checked as run checks them (no weights read)
+        checked = check_models(usage, refiner)
+        report.problems = checked.unusable + checked.problems
+        shown = [f"{name} ({loc.kind}, {'SDXL' if loc.family == 'sdxl' else 'SD 1.x/2.x'})"
+                 for name, loc in checked.locations.items()]
+        models_line = f"models: {', '.join(shown) or 'none'}"
+    lines = format_report(report, batch_size, shard_size)
+    if models_line:
+        lines.insert(next(i for i, line in enumerate(lines) if line.startswith("problems")), models_line)
+    for line in lines:
         click.echo(line)
     sys.exit(exit_codes.REFUSED if report.problems else exit_codes.OK)
 

@@ -60,13 +60,16 @@ def _executor_factory(kind: str, worker, ray_config):
               help="jpeg / webp quality (default 95); png is lossless.")
 @click.option("--layout", type=click.Choice(["files", "webdataset"]), default="files", show_default=True,
               help="files: OUT/images/<shard>/<id>.<ext>; webdataset: OUT/shards/<shard>.tar.")
+@click.option("--refiner", default=None, metavar="MODEL",
+              help="SDXL refiner (hub id or folder) that takes over rows with a refiner_start, as diffusers' "
+                   "denoising_end / denoising_start pair. Loaded by every worker.")
 @click.option("--label", "labels", multiple=True, metavar="COLUMN",
               help="Carry COLUMN through as a label even though its name looks like a misspelt manifest "
                    "column (repeatable). Columns named label_* or a 'labels' column are labels anyway.")
 @s3_options
 @click.pass_context
 def run(ctx, manifest, model, out, executor, address, actors, gpus_per_actor, device, dtype, batch_size,
-        shard_size, shard_retries, actor_restarts, shared_fs, overwrite, image_format, quality, layout, labels,
+        shard_size, shard_retries, actor_restarts, shared_fs, overwrite, image_format, quality, layout, refiner, labels,
         s3_endpoint_url, s3_path_style, s3_retries) -> None:
     """Generate one image (or one error row) for every row of MANIFEST.
 
@@ -86,7 +89,7 @@ def run(ctx, manifest, model, out, executor, address, actors, gpus_per_actor, de
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     worker = WorkerConfig(device=device, dtype=None if dtype == "auto" else dtype, batch_size=batch_size,
-                          output=output, s3=s3_from(s3_endpoint_url, s3_path_style, s3_retries))
+                          output=output, s3=s3_from(s3_endpoint_url, s3_path_style, s3_retries), refiner=refiner)
     ray_config = RayConfig(address=address, actors=actors, gpus_per_actor=gpus_per_actor,
                            shard_retries=shard_retries, actor_restarts=actor_restarts, shared_fs=shared_fs,
                            verbose=verbose > 0)

@@ -15,10 +15,10 @@ from typing import Callable, Sequence
 
 from sdbatch.manifests.problems import ManifestError
 from sdbatch.manifests.source import open_manifest
-from sdbatch.pipeline.model_files import locate_model
 
 from .executor import ExecutionResult, Executor, ExecutorStopped, ShardTracker
 from .layouts import warn_about_split_words
+from .model_columns import check_models
 from .outdir import DamagedOutput, JobPlan, OutputFolder, OutputOptions
 from .planning import ShardPlanner, plan_manifest
 from .progress import Progress
@@ -86,7 +86,11 @@ def _plan(request: RunRequest, folder: OutputFolder, staging) -> tuple[JobPlan, 
     for note in planned.report.notes:
         log.warning("%s: %s", request.manifest, note)
     warn_about_split_words(planner.split_word_ids, planner.split_word_count, request.worker.output.layout)
-    models = {name: locate_model(name).fingerprint for name in sorted(planner.models)}
+    checked = check_models(planner.usage, request.worker.refiner)
+    checked.raise_if_refused()
+    models = {name: location.fingerprint for name, location in checked.locations.items()}
+    if checked.refiner is not None:
+        models[f"--refiner {checked.refiner.name}"] = checked.refiner.fingerprint
     output = request.worker.output
     options = OutputOptions(dtype=request.worker.dtype or "auto", shard_size=request.shard_size,
                             layout=output.layout, image_format=output.image.name,
@@ -132,6 +136,12 @@ def _publish_inputs(folder: OutputFolder, plan: JobPlan, planner: ShardPlanner) 
             pass
 
 
+def models_to_load(plan: JobPlan, worker: WorkerConfig) -> list[str]:
+    """Every model the job's rows name, and the refiner: each worker loads them all at start."""
+    return sorted(name for name in plan.models if not name.startswith("--refiner ")) + \
+        ([worker.refiner] if worker.refiner else [])
+
+
 def run_job(request: RunRequest, make_executor: ExecutorFactory, executor_name: str = "local") -> Summary:
     started = time.perf_counter()
     try:
@@ -164,7 +174,7 @@ def run_job(request: RunRequest, make_executor: ExecutorFactory, executor_name: 
     interrupted, stopped = False, None
     try:
         if todo:
-            executor = make_executor(folder, sorted(plan.models))
+            executor = make_executor(folder, models_to_load(plan, request.worker))
             executor.run(todo, plan.job_id, ShardTracker(progress, result))
     except KeyboardInterrupt:
         interrupted = True

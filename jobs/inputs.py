@@ -31,7 +31,9 @@ from sdbatch.manifests.remote import S3Options
 from sdbatch.manifests.schema import IMAGE_COLUMNS, IMAGE_MODES, MODE_IMAGES, MODE_OPTIONAL_IMAGES, MODES, GenerationRow
 from sdbatch.pipeline.batch import BatchSettings, RowInput
 from sdbatch.pipeline.loading import LoadedModel
+from sdbatch.pipeline.families import check_row_fields
 from sdbatch.pipeline.modes import ModeError, check_model_supports, strength_steps
+from sdbatch.pipeline.refiner import check_refiner
 from sdbatch.pipeline.schedulers import SCHEDULER_NAMES
 
 from .image_cells import CellImage, ImageCellError, depth_values, load_cell_image
@@ -166,7 +168,9 @@ def depth_array(depth: CellImage) -> np.ndarray:
     return (values - low) / (high - low)
 
 
-def make_ready(row: GenerationRow, images: RowImages, model: LoadedModel) -> ReadyRow:
+def make_ready(row: GenerationRow, images: RowImages, model: LoadedModel,
+               refiner: LoadedModel | None = None) -> ReadyRow:
+    """``refiner``: the model that takes over a row with a ``refiner_start``."""
     try:
         check_model_supports(model, row.mode, has_depth_map=images.depth is not None)
     except ModeError as exc:
@@ -183,25 +187,39 @@ def make_ready(row: GenerationRow, images: RowImages, model: LoadedModel) -> Rea
         init = resizer.resize(init, height, width)
         mask = resizer.resize(mask, height, width) if mask is not None else None
     settings = BatchSettings(width, height, row.steps, row.scheduler, row.mode,
-                             row.strength if row.mode in IMAGE_MODES else BatchSettings.strength)
+                             row.strength if row.mode in IMAGE_MODES else BatchSettings.strength,
+                             refiner_start=row.refiner_start)
     depth = depth_array(images.depth) if images.depth else None
     row_input = RowInput(row.prompt, row.seed, row.guidance_scale, row.negative_prompt,
-                         init_image=init, mask_image=mask, depth_map=depth)
+                         init_image=init, mask_image=mask, depth_map=depth,
+                         guidance_rescale=row.guidance_rescale, prompt_2=row.prompt_2,
+                         negative_prompt_2=row.negative_prompt_2, original_width=row.original_width,
+                         original_height=row.original_height, crop_top=row.crop_top, crop_left=row.crop_left)
+    try:
+        if row.refiner_start is not None:
+            if refiner is None:
+                raise ModeError("refiner_start", "needs --refiner MODEL (the SDXL model that takes over)")
+            check_refiner(model, refiner, settings)
+        check_row_fields(row_input, model, *([refiner] if row.refiner_start is not None else []))
+    except ModeError as exc:
+        raise InputError(exc.column, str(exc)) from None
     return ReadyRow(row, settings, row_input, images.trace(resized))
 
 
 # -- the whole step ---------------------------------------------------------------------------
 def prepare_row(row: GenerationRow, model_for: Callable[[str], LoadedModel],
-                storage: S3Options = S3Options()) -> ReadyRow | FailedRow:
+                storage: S3Options = S3Options(), refiner: str | None = None) -> ReadyRow | FailedRow:
+    """``refiner``: the --refiner model's name (loaded through ``model_for`` for rows that use it)."""
     images = RowImages()
     try:
         check_columns(row)
         images = read_images(row, storage)
         try:
             model = model_for(row.model)
+            refined = model_for(refiner) if refiner and row.refiner_start is not None else None
         except Exception as exc:  # noqa: BLE001 - a model that cannot load fails its rows, not the job
             raise InputError("model", f"cannot load the model: {exc}", kind="model") from None
-        return make_ready(row, images, model)
+        return make_ready(row, images, model, refined)
     except InputError as exc:
         error = describe(row, exc)
         log.warning("%s", error)
@@ -209,7 +227,7 @@ def prepare_row(row: GenerationRow, model_for: Callable[[str], LoadedModel],
 
 
 def prepare_rows(rows: list[GenerationRow], model_for: Callable[[str], LoadedModel],
-                 storage: S3Options = S3Options()) -> list[ReadyRow | FailedRow]:
+                 storage: S3Options = S3Options(), refiner: str | None = None) -> list[ReadyRow | FailedRow]:
     """Prepare every row (``s3://`` cells read with ``storage``); a model that fails to load is
     tried once per call, not once per row."""
     failed: dict[str, Exception] = {}
@@ -223,4 +241,4 @@ def prepare_rows(rows: list[GenerationRow], model_for: Callable[[str], LoadedMod
             failed[name] = exc
             raise
 
-    return [prepare_row(row, cached, storage) for row in rows]
+    return [prepare_row(row, cached, storage, refiner) for row in rows]

@@ -53,6 +53,10 @@ def infotext(record: ResultRecord) -> str:
     ]
     if record.mode != "txt2img":
         fields += [("Denoising strength", _number(record.strength)), ("Mode", record.mode)]
+    if record.guidance_rescale:
+        fields.append(("CFG rescale", _number(record.guidance_rescale)))
+    if record.refiner:
+        fields += [("Refiner", record.refiner), ("Refiner switch at", _number(record.refiner_start))]
     if record.sdbatch_version:
         fields.append(("Version", f"sdbatch {record.sdbatch_version}"))
     settings = ", ".join(f"{key}: {quote(value)}" for key, value in fields if value is not None)

@@ -34,6 +34,7 @@ from sdbatch.manifests.source import BATCH_ROWS, ManifestSource
 from sdbatch.manifests.validate import ManifestReport, validate_source
 
 from .layouts import SPLIT_WORD_PATTERN
+from .model_columns import ModelColumnUsage
 from .outdir import ShardPlan, shard_name
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ class ShardPlanner:
         self.base = base
         self.buffer_bytes = buffer_bytes
         self.digest = ContentDigest()
-        self.models: set[str] = set()
+        self.usage = ModelColumnUsage()  # the models rows name, and their family-specific columns
         self._groups: dict[tuple, _Group] = {}  # insertion order: first seen first
         self._buffered = 0
         self._written: list[_Written] = []
@@ -81,7 +82,7 @@ class ShardPlanner:
     def add(self, offset: int, table: pa.Table, batch: pa.RecordBatch) -> None:
         labels = pa.Table.from_batches([batch]).select([n for n in batch.schema.names if n not in COLUMN_NAMES])
         self.digest.update(table, labels)
-        self.models.update(pc.unique(table.column("model")).to_pylist())
+        self.usage.add(offset, table)
         self._note_split_words(table.column("id"))
         rows = with_resolved_images(table, self.base)
         rows = rows.append_column(ROW_INDEX, pa.array(np.arange(offset, offset + table.num_rows, dtype=np.int64)))
@@ -156,6 +157,10 @@ class ShardPlanner:
         else:
             path.unlink()
         return ShardPlan(plan.name, kept.num_rows)
+
+    @property
+    def models(self) -> set[str]:
+        return self.usage.models
 
     @property
     def fingerprint(self) -> str:

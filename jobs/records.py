@@ -63,6 +63,15 @@ class ResultRecord:
     torch_version: str | None = None
     device_name: str | None = None  # e.g. "NVIDIA H100 80GB HBM3", or the CPU's model name
     error_kind: str | None = None  # one of ERROR_KINDS for an error row
+    guidance_rescale: float = 0.0
+    prompt_2: str | None = None  # SDXL conditioning columns, as the row gave them (None: the default)
+    negative_prompt_2: str | None = None
+    original_width: int | None = None
+    original_height: int | None = None
+    crop_top: int | None = None
+    crop_left: int | None = None
+    refiner: str | None = None  # the --refiner that took over the row, and when
+    refiner_start: float | None = None
     trace: InputTrace = field(default_factory=InputTrace)  # written as its own columns
 
     @classmethod
@@ -73,7 +82,10 @@ class ResultRecord:
             height=row.height, scheduler=row.scheduler, model=row.model, mode=row.mode,
             strength=row.strength if row.mode != "txt2img" else None, row_index=row.row_index,
             shard=shard, status="ok", error=None, image=None,
-            trace=trace or InputTrace(),
+            trace=trace or InputTrace(), guidance_rescale=row.guidance_rescale, prompt_2=row.prompt_2,
+            negative_prompt_2=row.negative_prompt_2, original_width=row.original_width,
+            original_height=row.original_height, crop_top=row.crop_top, crop_left=row.crop_left,
+            refiner_start=row.refiner_start,
         )
         base.update(kw)
         return cls(**base)
@@ -101,6 +113,9 @@ METADATA_SCHEMA = pa.schema([
     ("latency_seconds", pa.float64()), ("timestamp", pa.timestamp("us", tz="UTC")),
     ("sdbatch_version", pa.string()), ("diffusers_version", pa.string()),
     ("torch_version", pa.string()), ("device_name", pa.string()), ("error_kind", pa.string()),
+    ("guidance_rescale", pa.float64()), ("prompt_2", pa.string()), ("negative_prompt_2", pa.string()),
+    ("original_width", pa.int64()), ("original_height", pa.int64()), ("crop_top", pa.int64()),
+    ("crop_left", pa.int64()), ("refiner", pa.string()), ("refiner_start", pa.float64()),
     ("init_image_sha256", pa.string()), ("mask_image_sha256", pa.string()),
     ("depth_map_sha256", pa.string()), ("init_image_width", pa.int64()),
     ("init_image_height", pa.int64()), ("init_image_resized", pa.bool_()),

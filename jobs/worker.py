@@ -109,7 +109,8 @@ class ShardWorker:
             engine = self.engine(batch[0].row.model)
             settings = batch[0].settings
             started = time.perf_counter()
-            result = engine.generate(settings, [ready.input for ready in batch])
+            refiner = self.engine(self.config.refiner) if settings.refiner_start is not None else None
+            result = engine.generate(settings, [ready.input for ready in batch], refiner=refiner)
         except Exception as exc:  # noqa: BLE001 - a row's failure is recorded, not raised
             if len(batch) > 1:
                 log.warning("batch of %d failed (%s); retrying row by row", len(batch), exc)
@@ -119,6 +120,7 @@ class ShardWorker:
             return [(ResultRecord.failed(row, shard, f"{type(exc).__name__}: {exc}", "internal", batch[0].trace), None)]
         latency = time.perf_counter() - started
         used = dict(width=settings.width, height=settings.height, scheduler=result.scheduler,
+                    refiner=self.config.refiner if settings.refiner_start is not None else None,
                     model_revision=engine.model.revision, seconds=latency / len(batch),
                     latency_seconds=latency, timestamp=utc_now(),
                     **asdict(runtime_info(engine.model.device)))
@@ -136,7 +138,7 @@ class ShardWorker:
         return future
 
     def _prepare(self, rows: list[GenerationRow]) -> list[ReadyRow | FailedRow]:
-        return prepare_rows(rows, lambda name: self.engine(name).model, self.config.s3)
+        return prepare_rows(rows, lambda name: self.engine(name).model, self.config.s3, self.config.refiner)
 
     # -- one shard -----------------------------------------------------------------------------
     def run_shard(self, shard: str, job_id: str = "") -> Iterator[ShardProgress | ShardStats]:

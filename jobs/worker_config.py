@@ -19,3 +19,4 @@ class WorkerConfig:
     encode_threads: int = 4
     output: OutputSpec = field(default_factory=OutputSpec)
     s3: S3Options = field(default_factory=S3Options)  # for s3:// image cells and outputs
+    refiner: str | None = None  # the SDXL model that takes over rows with a refiner_start

@@ -17,7 +17,9 @@ from .schema import (
     COLUMN_NAMES,
     COLUMNS,
     FLOAT,
+    CONDITIONING_SIZE_RANGE,
     GUIDANCE_RANGE,
+    GUIDANCE_RESCALE_RANGE,
     ID,
     IMAGE,
     INT,
@@ -155,6 +157,8 @@ def likely_meant(name: str) -> str | None:
         limit = 1 if len(known_squashed) <= 6 else 2
         if limit == 1 and squashed[:1] != known_squashed[:1]:
             continue
+        if known_squashed[-1:].isdigit() and squashed[-1:] != known_squashed[-1:]:
+            continue  # prompt_id is no typo of prompt_2: a numbered column keeps its number
         distance = _edit_distance(squashed, known_squashed)
         if distance <= limit and (best is None or distance < best[0]):
             best = (distance, known)
@@ -247,6 +251,17 @@ class BatchChecker:
         self.check_strength()
         self.check_images()
         self.check_id()
+        self.check_range("guidance_rescale", *GUIDANCE_RESCALE_RANGE, finite=True)
+        for name in ("original_width", "original_height", "crop_top", "crop_left"):
+            self.check_range(name, *CONDITIONING_SIZE_RANGE)
+        self.check_open_fraction("refiner_start")
+
+    def check_open_fraction(self, name: str) -> None:
+        values = self._column(name)
+        if values is None or pa.types.is_null(values.type):
+            return
+        inside = pc.and_(pc.greater(values, 0), pc.less(values, 1))
+        self._report(name, pc.invert(inside), "must be a fraction in (0, 1)", values)
 
     def check_mode(self) -> None:
         self.check_names("mode", MODES, "unknown mode")

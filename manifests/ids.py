@@ -96,10 +96,27 @@ def _encode_column(name: str, values: pa.Array) -> pa.Array:
     return _length_prefixed(pc.cast(values, pa.string()))
 
 
+def _optional_part(name: str, values: pa.Array) -> pa.Array:
+    """``name=<encoded value>`` where a row sets a later column (null where it is empty or default)."""
+    column = COLUMNS_BY_NAME[name]
+    unset = pc.is_null(values)
+    if column.default is not None:
+        unset = pc.or_(unset, pc.equal(values, pa.scalar(column.default, values.type)))
+    encoded = pc.binary_join_element_wise(f"{name}=", _encode_column(name, values), "")
+    return pc.if_else(pc.fill_null(unset, True), pa.scalar(None, pa.string()), encoded)
+
+
 def canonical_params(table: pa.Table | pa.RecordBatch) -> pa.Array:
-    """One unambiguous string per row from its normalised generation columns (see ``normalise``)."""
-    parts = [_encode_column(name, _as_array(table.column(name))) for name in GENERATION_COLUMNS]
-    return pc.binary_join_element_wise(*parts, "|", null_handling="replace", null_replacement=_NULL)
+    """One unambiguous string per row from its normalised generation columns (see ``normalise``):
+    the first version's columns always, later ones only where set (see ``Column.since``)."""
+    first = [n for n in GENERATION_COLUMNS if COLUMNS_BY_NAME[n].since == 1]
+    later = [n for n in GENERATION_COLUMNS if COLUMNS_BY_NAME[n].since > 1]
+    parts = [_encode_column(name, _as_array(table.column(name))) for name in first]
+    encoded = pc.binary_join_element_wise(*parts, "|", null_handling="replace", null_replacement=_NULL)
+    if not later:
+        return encoded
+    extra = [_optional_part(name, _as_array(table.column(name))) for name in later]
+    return pc.binary_join_element_wise(encoded, *extra, "|", null_handling="skip")
 
 
 def derive_ids(table: pa.Table | pa.RecordBatch) -> pa.Array:

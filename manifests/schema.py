@@ -34,6 +34,8 @@ MODES_WITHOUT_PROMPT = IMAGE_MODES
 SEED_MAX = 2**64 - 1
 STEPS_RANGE = (1, 1000)
 GUIDANCE_RANGE = (0.0, 100.0)
+GUIDANCE_RESCALE_RANGE = (0.0, 1.0)
+CONDITIONING_SIZE_RANGE = (0, 16384)  # SDXL's original size and crop offsets, in pixels
 SIZE_RANGE = (8, 8192)
 SIZE_MULTIPLE = 8  # the VAE factor of SD models: latents are width/8 x height/8
 
@@ -58,6 +60,10 @@ class Column:
     doc: str
     required: bool = False
     type: pa.DataType | None = None  # the Arrow type after normalisation; None: kept as given
+    # Columns added after the first version are part of a derived id only where a row sets them
+    # (to something other than their default), so ids of rows that do not use them never change.
+    since: int = 1
+    families: tuple[str, ...] = ()  # model families that use the column; () = every family
 
 
 COLUMNS: tuple[Column, ...] = (
@@ -88,6 +94,25 @@ COLUMNS: tuple[Column, ...] = (
     Column("depth_map", IMAGE, None, "depth map (depth2img; estimated when absent): path/URI or bytes"),
     Column("model", STRING, None, "per-row model (hub id or diffusers folder); --model when absent",
            type=pa.string()),
+    Column("guidance_rescale", FLOAT, 0.0,
+           f"rescale of the guided prediction (diffusers' guidance_rescale), {GUIDANCE_RESCALE_RANGE[0]:g} "
+           f"to {GUIDANCE_RESCALE_RANGE[1]:g}; 0 = off", type=pa.float64(), since=2),
+    Column("prompt_2", STRING, None, "SDXL: the second text encoder's prompt (default: prompt)",
+           type=pa.string(), since=2, families=("sdxl",)),
+    Column("negative_prompt_2", STRING, None,
+           "SDXL: the second text encoder's negative prompt (default: negative_prompt)", type=pa.string(),
+           since=2, families=("sdxl",)),
+    Column("original_width", INT, None, "SDXL size conditioning: the original image width (default: width)",
+           type=pa.int64(), since=2, families=("sdxl",)),
+    Column("original_height", INT, None, "SDXL size conditioning: the original image height (default: height)",
+           type=pa.int64(), since=2, families=("sdxl",)),
+    Column("crop_top", INT, None, "SDXL crop conditioning: top of the crop in pixels (default 0)",
+           type=pa.int64(), since=2, families=("sdxl",)),
+    Column("crop_left", INT, None, "SDXL crop conditioning: left of the crop in pixels (default 0)",
+           type=pa.int64(), since=2, families=("sdxl",)),
+    Column("refiner_start", FLOAT, None,
+           "SDXL base + refiner: the fraction of the steps after which --refiner takes over, in (0, 1); "
+           "empty = no refiner", type=pa.float64(), since=2, families=("sdxl",)),
 )
 COLUMN_NAMES = tuple(c.name for c in COLUMNS)
 DEFAULTS = {c.name: c.default for c in COLUMNS if c.default is not None}
@@ -98,7 +123,7 @@ GENERATION_COLUMNS = tuple(n for n in COLUMN_NAMES if n != "id")
 # The batching key: rows equal in these columns (after defaults; strength only in image modes) can
 # share one batch. The planner groups rows into shards by it; the worker refines it with what only
 # the row's images decide (a size taken from an init image).
-BATCH_KEY_COLUMNS = ("model", "mode", "width", "height", "steps", "scheduler", "strength")
+BATCH_KEY_COLUMNS = ("model", "mode", "width", "height", "steps", "scheduler", "strength", "refiner_start")
 
 
 def batch_key_table(table: pa.Table) -> pa.Table:
@@ -136,6 +161,14 @@ class GenerationRow:
     mask_image: ImageCell = None
     depth_map: ImageCell = None
     model: str = ""
+    guidance_rescale: float = DEFAULTS["guidance_rescale"]
+    prompt_2: str | None = None
+    negative_prompt_2: str | None = None
+    original_width: int | None = None
+    original_height: int | None = None
+    crop_top: int | None = None
+    crop_left: int | None = None
+    refiner_start: float | None = None
     extras: tuple[tuple[str, Any], ...] = field(default=())
 
     def batch_key(self) -> tuple:

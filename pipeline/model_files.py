@@ -52,6 +52,13 @@ class ModelLocation:
     fingerprint: str
     pipeline_class: str
 
+    @property
+    def family(self) -> str:
+        """"sdxl" or "sd" (SD 1.x/2.x), from the pipeline class (a built-in's from its name)."""
+        if self.kind == "builtin":
+            return "sdxl" if builtin_variant(self.name).startswith("xl") else "sd"
+        return "sdxl" if self.pipeline_class.startswith("StableDiffusionXL") else "sd"
+
 
 def is_builtin(name: str) -> bool:
     return name.partition(":")[0] == BUILTIN_PREFIX and not Path(name).exists()

@@ -146,6 +146,14 @@ def _plausible(name: str, rows: int) -> st.SearchStrategy[pa.Array]:
         "mask_image": text(["m.png"]),
         "depth_map": text(["d.png"]),
         "model": text(["", "tiny"]),
+        "guidance_rescale": floats(-0.5, 1.5),
+        "prompt_2": text(["a fox, oil painting", ""]),
+        "negative_prompt_2": text(["blurry", ""]),
+        "original_width": ints(-8, 20_000),
+        "original_height": ints(-8, 20_000),
+        "crop_top": ints(-8, 20_000),
+        "crop_left": ints(-8, 20_000),
+        "refiner_start": floats(-0.5, 1.5),
     }[name]
 
 
@@ -171,6 +179,14 @@ def _valid(name: str, rows: int) -> st.SearchStrategy[pa.Array]:
         "mask_image": column(st.sampled_from(["m.png", "masks/é 1.png"])),
         "depth_map": column(st.none()),
         "model": column(st.sampled_from(["", "tiny", "org/model"])),
+        "guidance_rescale": column(st.floats(0, 1), pa.float64()),
+        "prompt_2": column(_TEXT),
+        "negative_prompt_2": column(_TEXT),
+        "original_width": column(st.integers(0, 16384), pa.int64()),
+        "original_height": column(st.integers(0, 16384), pa.int32()),
+        "crop_top": column(st.integers(0, 16384), pa.int64()),
+        "crop_left": column(st.integers(0, 16384), pa.int16()),
+        "refiner_start": column(st.floats(0.01, 0.99), pa.float64()),
     }[name]
 
 

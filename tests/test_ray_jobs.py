@@ -322,3 +322,12 @@ def test_ctrl_c_and_sigterm_stop_cleanly_and_a_rerun_resumes(job, ray_address, t
         assert invoke(*args).exit_code == 0
         assert invoke("verify", str(out)).exit_code == 0
         assert_same_images(images_by_id(out), reference)
+
+
+def test_a_mixed_family_manifest_runs_on_ray(ray_address, tiny_models, family_models, tmp_path):
+    """SD 1.5, v-prediction and SDXL rows of every mode, batched apart, on two actors."""
+    from test_run_families import check_mixed, mixed_columns
+
+    manifest = write_manifest(tmp_path / "m.parquet", mixed_columns(tiny_models, family_models))
+    out = tmp_path / "out"
+    check_mixed(out, invoke("run", str(manifest), "--out", str(out), "--actors", "2", "--device", "cpu"))
