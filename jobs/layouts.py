@@ -86,14 +86,15 @@ def imagefolder_metadata_path(shard: str) -> str:
 
 def imagefolder_table(records: list[ResultRecord], labels: pa.Table | None = None) -> pa.Table:
     """The ok rows as imagefolder reads them: ``file_name`` first, the metadata columns after
-    (``image`` dropped: imagefolder makes that column from ``file_name``). ``seed`` is a
-    decimal128(20, 0) here: datasets (5.2) builds its columns from Python ints through int64 and
-    fails on uint64 seeds of 2**63 and above, half of all derived seeds."""
+    (``image`` dropped: imagefolder makes that column from ``file_name``). ``seed`` is its
+    decimal text here: datasets (5.2) builds its columns from Python ints through int64 and fails on
+    uint64 seeds of 2**63 and above (half of all derived seeds), and a decimal type loads as
+    ``Decimal`` objects; text loads exactly, and ``int(seed)`` is the seed."""
     ok = [i for i, r in enumerate(records) if r.status == "ok"]
     table = records_to_table([records[i] for i in ok], labels.take(ok) if labels is not None else None)
     table = table.drop_columns(["image"])
     seed = table.schema.get_field_index("seed")
-    table = table.set_column(seed, "seed", table.column("seed").cast(pa.decimal128(20, 0)))
+    table = table.set_column(seed, "seed", table.column("seed").cast(pa.string()))
     if "file_name" in table.column_names:  # a manifest column of that name would shadow ours
         renamed = label_names(["file_name"] + table.column_names)[0]
         table = table.rename_columns([renamed if n == "file_name" else n for n in table.column_names])

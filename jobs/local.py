@@ -38,5 +38,9 @@ class LocalExecutor:
                 except (StorageError, OSError) as exc:
                     log.error("shard %s: %s", shard, exc)
                     tracker.abandoned(shard, str(exc))
+                except KeyboardInterrupt:
+                    if not self.folder.storage.atomic_folders and self.folder.committed_shard(shard, job_id) is None:
+                        self.folder.discard_uncommitted(shard)  # on an object store its images were visible
+                    raise
         finally:
             worker.close()

@@ -29,15 +29,15 @@ class Progress:
 
     def advance(self, rows: int, failed: int = 0) -> None:
         now = time.monotonic()
-        if self._first is None:
-            self._first = (now, self.done)
-            self._last_log = now
-            if self._tty:
-                from tqdm import tqdm
+        if self._first is None and self._tty:
+            from tqdm import tqdm
 
-                self._bar = tqdm(total=self.total, initial=self.done, unit="img", dynamic_ncols=True, smoothing=0.1)
+            self._bar = tqdm(total=self.total, initial=self.done, unit="img", dynamic_ncols=True, smoothing=0.1)
         self.done += rows
         self.failed += failed
+        if self._first is None:  # the clock starts when the first batch is done: start-up is not speed
+            self._first = (now, self.done)
+            self._last_log = now
         if self._bar is not None:
             self._bar.update(rows)
             if self.failed:

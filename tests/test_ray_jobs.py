@@ -313,6 +313,8 @@ def test_ctrl_c_and_sigterm_stop_cleanly_and_a_rerun_resumes(job, ray_address, t
         output, _ = proc.communicate(timeout=120)
         assert proc.returncode == 130, output
         assert "run the same command again to resume" in output and "Traceback" not in output
+        for noise in ("torchvision", "Token authentication", "core_worker", "WARNING"):
+            assert noise not in output, noise  # third-party start-up noise stays off without -v
         assert markers(out) < ROWS // 4
         assert summary(out)["interrupted"] and summary(out)["generated"] == 4 * markers(out)
         assert not list((out / "images").glob("*")) or all(  # nothing of an uncommitted shard visible

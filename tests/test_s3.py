@@ -260,3 +260,21 @@ def test_bad_s3_locations_get_clear_errors(tiny_base, endpoint, client, bucket, 
 
     verify = sdbatch("verify", "s3://no-such-bucket-here/out", "--s3-endpoint-url", endpoint)
     assert verify.returncode == 2 and "does not exist" in verify.stderr
+
+
+def test_an_interrupted_job_on_s3_leaves_no_image_of_an_uncommitted_shard(tiny_base, endpoint, client, bucket,
+                                                                           inputs):
+    manifest = upload_job(client, bucket, inputs)
+    out = f"s3://{bucket}/int"
+    proc = subprocess.Popen([*CLI, "run", manifest, "--out", out, "--executor", "local", "--model", tiny_base,
+                             "--device", "cpu", "--shard-size", "2", "--batch-size", "1", "--s3-endpoint-url",
+                             endpoint], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while not keys(client, bucket, "int/_job/shards/"):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    committed = {k.rsplit("/", 1)[1].removesuffix(".json") for k in keys(client, bucket, "int/_job/shards/")}
+    visible = {k.split("/")[2] for k in keys(client, bucket, "int/images/")}
+    assert visible <= committed, f"images of uncommitted shards: {sorted(visible - committed)}"
