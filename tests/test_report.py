@@ -98,11 +98,6 @@ def look(chromium: list[str], page: Path) -> dict:
     """What the page shows once loaded (its DOM, read by the probe from a copy beside it)."""
     probe = page.with_name(f".probe-{uuid.uuid4().hex[:8]}-{page.name}")
     probe.write_text(page.read_text(encoding="utf-8").replace("</body>", f"{PROBE}</body>"), encoding="utf-8")
-    try:
-        dom = _browse(chromium, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri())
-    finally:
-        probe.unlink()
-
     class Probe(HTMLParser):
         found = None
 
@@ -110,8 +105,14 @@ def look(chromium: list[str], page: Path) -> dict:
             if tag == "body":
                 self.found = dict(attrs).get("data-probe")
 
-    parser = Probe()
-    parser.feed(dom)
+    try:
+        for budget in (5000, 20000, 60000):  # a busy machine can dump the DOM before "load" fired
+            parser = Probe()
+            parser.feed(_browse(chromium, f"--virtual-time-budget={budget}", "--dump-dom", probe.as_uri()))
+            if parser.found:
+                break
+    finally:
+        probe.unlink()
     assert parser.found, "the page never finished loading (no probe result)"
     return json.loads(parser.found)
 
