@@ -359,6 +359,7 @@ class JobStatus:
     ok: int
     failed: int
     retry_rows: int = 0  # failed for a storage reason: the same run command redoes them
+    damaged: list[str] = field(default_factory=list)  # committed shards whose metadata file is damaged
 
     @property
     def found(self) -> bool:
@@ -366,7 +367,7 @@ class JobStatus:
 
     @property
     def complete(self) -> bool:
-        return self.found and self.done_shards == self.planned_shards and not self.retry_rows
+        return self.found and self.done_shards == self.planned_shards and not self.retry_rows and not self.damaged
 
     def text(self) -> str:
         if not self.found:
@@ -375,6 +376,9 @@ class JobStatus:
         retry = f" ({self.retry_rows:,} for a storage reason)" if self.retry_rows else ""
         if self.complete:
             state = "complete"
+        elif self.damaged:
+            state = (f"damaged: shard(s) {', '.join(self.damaged[:5])} lost committed files "
+                     "(the same run command redoes them)")
         elif self.done_shards == self.planned_shards:
             state = "incomplete (rows failed for a storage reason: the same run command retries them)"
         else:
@@ -391,7 +395,7 @@ def job_status(folder: OutputFolder) -> JobStatus:
     done = folder.committed(plan.job_id)
     return JobStatus(folder.root, plan.rows, len(plan.shards), len(done), sum(s.rows for s in done.values()),
                      sum(s.ok for s in done.values()), sum(s.failed for s in done.values()),
-                     sum(s.retryable for s in done.values()))
+                     sum(s.retryable for s in done.values()), sorted(folder.damaged_shards(plan, done)))
 
 
 @dataclass
