@@ -63,7 +63,8 @@ def test_rows_that_failed_for_a_storage_reason_are_retried_until_done(tiny_base,
     monkeypatch.setattr(LocalStorage, "write_bytes", flaky)
     first = invoke(*args)
     assert first.exit_code == 3, first.output
-    assert "incomplete: 1 rows failed for a storage reason" in first.output and "run the same command again" in first.output
+    assert "incomplete: 1 rows failed for a storage reason" in first.output
+    assert "run the same command again to retry them" in first.output
     (failed,) = [r for r in metadata(out).values() if r["status"] == "error"]
     assert failed["error_kind"] == "storage" and "No space left on device" in failed["error"]
     shard = failed["shard"]
