@@ -43,7 +43,7 @@ from PIL import Image
 
 from .image_encoding import ImageFormat
 from .outdir import IMAGES, TARS, image_folder, pending_folder, table_bytes, tar_path
-from .records import ResultRecord, label_names, record_json, records_to_table
+from .records import ResultRecord, record_json, records_to_table
 from .storage import Storage
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,9 @@ def imagefolder_table(records: list[ResultRecord], labels: pa.Table | None = Non
     seed = table.schema.get_field_index("seed")
     table = table.set_column(seed, "seed", table.column("seed").cast(pa.string()))
     if "file_name" in table.column_names:  # a manifest column of that name would shadow ours
-        renamed = label_names(["file_name"] + table.column_names)[0]
+        renamed = "manifest_file_name"
+        while renamed in table.column_names:
+            renamed = f"manifest_{renamed}"
         table = table.rename_columns([renamed if n == "file_name" else n for n in table.column_names])
     names = pa.array([r.image.rsplit("/", 1)[1] for r in records if r.status == "ok"], pa.string())
     return table.add_column(0, "file_name", names)

@@ -261,3 +261,21 @@ def test_parameters_text_holds_no_control_characters_and_the_metadata_keeps_the_
     assert len(lines) == 3 and lines[2].startswith("Steps: 1, ")
     assert not re.search(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]", text)
     assert np.asarray(Image.open(out / row["image"])).shape == (16, 16, 3)
+
+
+@pytest.mark.parametrize("layout", ["files", "webdataset"])
+def test_labels_named_like_metadata_columns_and_map_labels_run_and_verify(tiny_base, tmp_path, layout):
+    import pyarrow as pa
+
+    manifest = write_manifest(tmp_path / "m.parquet", {
+        "prompt": ["a fox"], "steps": [1], "width": [16], "height": [16],
+        "status": ["s"], "manifest_status": ["ms"], "file_name": ["f"], "manifest_file_name": ["mf"],
+        "attrs": pa.array([[("k", 1)]], pa.map_(pa.string(), pa.int64()))})
+    out = tmp_path / "out"
+    args = run_args(manifest, out, tiny_base, "--layout", layout)
+    assert invoke(*args).exit_code == 0
+    (row,) = metadata(out).values()
+    assert (row["status"], row["manifest_status"], row["manifest_manifest_status"]) == ("ok", "s", "ms")
+    assert (row["file_name"], row["manifest_file_name"], row["attrs"]) == ("f", "mf", [("k", 1)])
+    assert invoke("verify", str(out)).exit_code == 0
+    assert invoke(*args).exit_code == 0  # and every rerun
