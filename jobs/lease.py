@@ -6,10 +6,11 @@ finds the lease and is refused, naming the holder and how old its heartbeat is, 
 is dead: its heartbeat is older than ``STALE_SECONDS``, or it ran on this host and its process is
 gone. A dead driver's lease is then taken over (a killed run is resumed without waiting).
 
-Taking the lease is one exclusive create: a hard link on local disk (atomic, also on NFS), a
-conditional put (``If-None-Match: *``) on S3. A store that ignores the condition, or two drivers
-taking over the same dead lease at the same instant, can still let both run: on S3 this is best
-effort. Heartbeats compare wall clocks of different hosts: clocks more than ``STALE_SECONDS`` apart
+Taking the lease is one exclusive create: a hard link on local disk (atomic, also on NFS; an
+``O_EXCL`` create where the filesystem has no hard links), a conditional put (``If-None-Match: *``)
+on S3 (a look-then-put where the store refuses conditional puts). A store that ignores the
+condition, or two drivers taking over the same dead lease at the same instant, can still let both
+run: on S3 this is best effort. Heartbeats compare wall clocks of different hosts: clocks more than ``STALE_SECONDS`` apart
 make a live lease look dead.
 """
 

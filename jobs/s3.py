@@ -212,9 +212,16 @@ class S3Storage:
                 self._client.put_object(Bucket=where.bucket, Key=where.key, Body=data, IfNoneMatch="*")
                 return True
             except ClientError as exc:
-                if _error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                code = _error_code(exc)
+                if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
                     return False
-                raise
+                if code not in ("NotImplemented", "501", "InvalidArgument", "InvalidRequest", "400"):
+                    raise
+            log.debug("%s: conditional puts refused by the store; a plain put instead", where.uri)
+        if self.exists(relpath):
+            return False
+        self.write_bytes(relpath, data)
+        return True
 
     def sizes(self, prefix: str) -> dict[str, int]:
         """Every object under ``prefix`` and its size in bytes (one listing)."""

@@ -135,10 +135,18 @@ class LocalStorage:
             final.parent.mkdir(parents=True, exist_ok=True)
             self._tmp.mkdir(parents=True, exist_ok=True)
             tmp.write_bytes(data)
-            os.link(tmp, final)
+            try:
+                os.link(tmp, final)
+            except FileExistsError:
+                return False
+            except OSError:  # a filesystem without hard links: an exclusive create, then one write
+                try:
+                    fd = os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                except FileExistsError:
+                    return False
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
             return True
-        except FileExistsError:
-            return False
         except OSError as exc:
             raise StorageError(f"{final}: cannot write: {exc.strerror or exc}") from None
         finally:
