@@ -44,7 +44,8 @@ def status(out: str, s3_endpoint_url, s3_path_style, s3_retries) -> None:
     """Show done / total for the job in OUT (while it runs, or after it stopped).
 
     Exits 0 when every planned shard is committed, 3 when some are not (running, or stopped: the
-    same run command resumes), 2 when OUT holds no sdbatch job or cannot be read.
+    same run command resumes) or rows failed for a storage reason (it retries them), 2 when OUT
+    holds no sdbatch job or cannot be read.
     """
     from sdbatch.jobs.outdir import job_status
 
@@ -62,8 +63,9 @@ def status(out: str, s3_endpoint_url, s3_path_style, s3_retries) -> None:
 def verify(out: str, s3_endpoint_url, s3_path_style, s3_retries) -> None:
     """Check OUT: one metadata row per planned row, every ok image decodes, no stray or partial files.
 
-    Exits 0 when every check holds, 1 when problems are found (listed), 3 when the job is
-    incomplete but sound (the same run command resumes it), 2 when OUT cannot be read.
+    Exits 0 when every check holds, 1 when problems are found (listed, with how to fix them), 3 when
+    the job is incomplete but sound (the same run command resumes it, and retries rows that failed
+    for a storage reason), 2 when OUT cannot be read.
     """
     from sdbatch.jobs.outdir import verify as verify_folder
 
@@ -78,10 +80,18 @@ def verify(out: str, s3_endpoint_url, s3_path_style, s3_retries) -> None:
         click.echo(f"... and {len(verdict.problems) - SHOWN_PROBLEMS} more")
     if verdict.problems:
         click.echo(f"verify: {len(verdict.problems)} problem(s)")
+        if verdict.damaged:
+            shown = ", ".join(verdict.damaged[:5]) + (", ..." if len(verdict.damaged) > 5 else "")
+            click.echo(f"to fix: run the same run command again with --repair: it redoes the damaged shard(s) "
+                       f"({shown})")
         sys.exit(exit_codes.ROWS_FAILED)
     if verdict.uncommitted:
         click.echo(f"verify: incomplete: {verdict.planned - len(verdict.uncommitted):,} of {verdict.planned:,} "
                    "shards committed, and they are sound; run the same command again to resume")
+        sys.exit(exit_codes.INCOMPLETE)
+    if verdict.retry_rows:
+        click.echo(f"verify: incomplete: {verdict.retry_rows:,} rows failed for a storage reason (their error rows "
+                   "say why), the rest is sound; run the same command again to retry them")
         sys.exit(exit_codes.INCOMPLETE)
     click.echo("verify: ok")
     sys.exit(exit_codes.OK)

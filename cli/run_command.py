@@ -1,12 +1,20 @@
 """``sdbatch run``: the options, the executor chosen (the composition of jobs with cluster), and the
-exit code."""
+exit code. Every way a run can end is one line on the terminal and an exit code: an unexpected
+exception too (exit 1), its traceback written to ``OUT/_job/logs/`` (or a temporary file when OUT
+cannot take it) and named in that line."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
+import tempfile
+import time
+import traceback
 
 import click
+
+from sdbatch.jobs.image_cells import DEFAULT_MAX_IMAGE_BYTES
 
 from . import exit_codes
 from .options import s3_from, s3_options
@@ -16,15 +24,50 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _executor_factory(kind: str, worker, ray_config):
-    """(output folder, models) -> executor: the local one, or sdbatch.cluster's Ray executor."""
+def _executor_factory(kind: str, ray_config):
+    """(output folder, models, worker config) -> executor: the local one, or sdbatch.cluster's Ray executor."""
     if kind == "local":
         from sdbatch.jobs.local import LocalExecutor
 
-        return lambda folder, models: LocalExecutor(folder, worker, models, ray_config.verbose)
+        return lambda folder, models, worker: LocalExecutor(folder, worker, models, ray_config.verbose)
     from sdbatch.cluster.ray_executor import RayExecutor
 
-    return lambda folder, models: RayExecutor(folder, worker, ray_config, models)
+    return lambda folder, models, worker: RayExecutor(folder, worker, ray_config, models)
+
+
+def write_traceback(out: str, s3, text: str) -> str:
+    """The traceback of an unexpected failure, in OUT/_job/logs/<time>.log, else a temporary file;
+    returns where."""
+    name = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    try:
+        from sdbatch.jobs.outdir import OutputFolder
+        from sdbatch.jobs.storage import open_storage
+
+        return OutputFolder(open_storage(out, s3)).write_log(name, text)
+    except Exception:  # noqa: BLE001 - OUT itself may be what failed
+        fd, path = tempfile.mkstemp(prefix="sdbatch-", suffix=".log")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        return path
+
+
+def _print_dry_run(found, batch_size: int) -> None:
+    from .manifest_commands import format_report
+
+    plan, checked = found.plan, found.models
+    lines = format_report(found.planned.report, batch_size, plan.options.shard_size)
+    shown = [f"{name} ({loc.kind}, {'SDXL' if loc.family == 'sdxl' else 'SD 1.x/2.x'})"
+             for name, loc in checked.locations.items()]
+    if checked.refiner is not None:
+        shown.append(f"--refiner {checked.refiner.name}")
+    at = next(i for i, line in enumerate(lines) if line.startswith("problems"))
+    lines[at:at] = [f"shards: {len(plan.shards):,} (shard size {plan.options.shard_size:,}), "
+                    f"{plan.rows:,} distinct rows",
+                    f"models: {', '.join(shown) or 'none'}",
+                    f"out: {found.out_state}"]
+    click.echo("dry run: nothing is written to --out")
+    for line in lines:
+        click.echo(line)
 
 
 @click.command()
@@ -66,17 +109,31 @@ def _executor_factory(kind: str, worker, ray_config):
 @click.option("--label", "labels", multiple=True, metavar="COLUMN",
               help="Carry COLUMN through as a label even though its name looks like a misspelt manifest "
                    "column (repeatable). Columns named label_* or a 'labels' column are labels anyway.")
+@click.option("--allow-path", "allow_paths", multiple=True, metavar="DIR",
+              help="Also read image cells (init_image, mask_image, depth_map) from DIR and its subfolders "
+                   "(repeatable). By default local image paths must lie in the manifest's folder or below; "
+                   "s3:// cells are governed by the credentials.")
+@click.option("--max-image-bytes", type=click.IntRange(min=1), default=DEFAULT_MAX_IMAGE_BYTES, show_default=True,
+              help="Largest image cell read, in bytes (a larger one fails its row). Images of more than "
+                   "8192x8192 pixels are refused from their header, before decoding.")
+@click.option("--repair", is_flag=True,
+              help="Check every committed shard as verify does (every image decodes) and redo the damaged "
+                   "ones. Without it, a run checks the committed metadata files only (present, same size).")
+@click.option("--dry-run", is_flag=True,
+              help="Validate, plan and check the models as run does, print the plan, and write nothing to "
+                   "--out. Exits 0 when run would start, 2 when it would refuse.")
 @s3_options
 @click.pass_context
 def run(ctx, manifest, model, out, executor, address, actors, gpus_per_actor, device, dtype, batch_size,
         shard_size, shard_retries, actor_restarts, shared_fs, overwrite, image_format, quality, layout, refiner, labels,
-        s3_endpoint_url, s3_path_style, s3_retries) -> None:
+        allow_paths, max_image_bytes, repair, dry_run, s3_endpoint_url, s3_path_style, s3_retries) -> None:
     """Generate one image (or one error row) for every row of MANIFEST.
 
-    Running the same command again resumes: committed shards are skipped.
+    Running the same command again resumes: committed shards are skipped, and rows that failed for
+    a storage reason (a write that failed) are retried.
     """
     from sdbatch.cluster.ray_executor import RayConfig
-    from sdbatch.jobs.driver import JobRefused, ManifestError, RunRequest, run_job
+    from sdbatch.jobs.driver import JobRefused, ManifestError, RunRequest, dry_run as plan_only, run_job
     from sdbatch.jobs.image_encoding import ImageFormat
     from sdbatch.jobs.layouts import OutputSpec
     from sdbatch.jobs.storage import StorageError
@@ -88,16 +145,20 @@ def run(ctx, manifest, model, out, executor, address, actors, gpus_per_actor, de
         output = OutputSpec(layout=layout, image=ImageFormat(image_format, quality))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    s3 = s3_from(s3_endpoint_url, s3_path_style, s3_retries)
     worker = WorkerConfig(device=device, dtype=None if dtype == "auto" else dtype, batch_size=batch_size,
-                          output=output, s3=s3_from(s3_endpoint_url, s3_path_style, s3_retries), refiner=refiner)
+                          output=output, s3=s3, refiner=refiner, max_image_bytes=max_image_bytes)
     ray_config = RayConfig(address=address, actors=actors, gpus_per_actor=gpus_per_actor,
                            shard_retries=shard_retries, actor_restarts=actor_restarts, shared_fs=shared_fs,
                            verbose=verbose > 0)
     request = RunRequest(manifest=manifest, out=out, model=model, worker=worker, shard_size=shard_size,
-                         overwrite=overwrite, labels=labels)
+                         overwrite=overwrite, labels=labels, allow_paths=allow_paths, repair=repair)
     signal.signal(signal.SIGTERM, _interrupt)  # a preempted pod stops as cleanly as Ctrl-C
     try:
-        summary = run_job(request, _executor_factory(executor, worker, ray_config), executor)
+        if dry_run:
+            _print_dry_run(plan_only(request), batch_size)
+            sys.exit(exit_codes.OK)
+        summary = run_job(request, _executor_factory(executor, ray_config), executor)
     except ManifestError as exc:
         click.echo(f"error: manifest refused: {exc}", err=True)
         sys.exit(exit_codes.REFUSED)
@@ -107,16 +168,32 @@ def run(ctx, manifest, model, out, executor, address, actors, gpus_per_actor, de
     except StorageError as exc:
         click.echo(f"error: {exc}\ncommitted shards are kept; run the same command again to resume", err=True)
         sys.exit(exit_codes.INCOMPLETE)
+    except KeyboardInterrupt:  # before the executor started (it handles its own)
+        click.echo("interrupted: committed shards are kept; run the same command again to resume", err=True)
+        sys.exit(exit_codes.INTERRUPTED)
+    except Exception as exc:  # noqa: BLE001 - anything else: one line, the traceback in a file
+        where = write_traceback(out, s3, traceback.format_exc())
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        click.echo(f"error: unexpected failure: {type(exc).__name__}: {first} (the full traceback is in {where}); "
+                   "committed shards are kept; run the same command again to resume", err=True)
+        sys.exit(exit_codes.ROWS_FAILED)
     if summary.duplicate_rows:
         click.echo(f"exact duplicate rows: {summary.duplicate_rows:,} (each distinct row generated once)")
     click.echo(f"{summary.line()} -> {out}")
     if summary.interrupted:
         click.echo("interrupted: committed shards are kept; run the same command again to resume", err=True)
         sys.exit(exit_codes.INTERRUPTED)
+    if summary.repaired:
+        click.echo(f"repaired: {len(summary.repaired):,} damaged shard(s) redone ({', '.join(summary.repaired[:5])}"
+                   f"{', ...' if len(summary.repaired) > 5 else ''})", err=True)
     if summary.incomplete:
         causes = [f["cause"] for f in summary.failed_shards] + ([summary.stopped] if summary.stopped else [])
         why = f" ({causes[0]})" if causes else ""
         click.echo(f"incomplete: {summary.incomplete:,} rows not done{why}; run the same command again to resume",
                    err=True)
+        sys.exit(exit_codes.INCOMPLETE)
+    if summary.retry_rows:
+        click.echo(f"incomplete: {summary.retry_rows:,} rows failed for a storage reason (their error rows say "
+                   "why); run the same command again to retry them", err=True)
         sys.exit(exit_codes.INCOMPLETE)
     sys.exit(exit_codes.ROWS_FAILED if summary.failed else exit_codes.OK)

@@ -1,33 +1,45 @@
-"""The driver: manifest -> plan (validated, in Arrow) -> models checked -> resume check -> executor
--> summary. Everything ``sdbatch run`` does between parsing its options and choosing an exit code.
+"""The driver: lease -> manifest -> plan (validated, in Arrow) -> models checked -> resume check ->
+shards to (re)do -> executor -> summary. Everything ``sdbatch run`` does between parsing its options
+and choosing an exit code; ``dry_run`` is the same up to the plan, writing nothing to OUT.
 
 The executor is given, not chosen, here (``ExecutorFactory``): the CLI composes the job layer with
 the local executor or with ``sdbatch.cluster``'s Ray executor, so jobs never imports cluster.
+
+Shards a run (re)does: those not committed; those committed with rows that failed for a storage
+reason (their marker stays until the redo commits); those whose committed outputs are damaged
+(``outdir.damaged_shards``: the files their markers record, at every start; everything ``verify``
+checks, with ``--repair``), uncommitted first.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import time
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Callable, Sequence
 
 from sdbatch.manifests.problems import ManifestError
+from sdbatch.manifests.remote import is_s3_uri
 from sdbatch.manifests.source import open_manifest
 
 from .executor import ExecutionResult, Executor, ExecutorStopped, ShardTracker
 from .layouts import warn_about_split_words
-from .model_columns import check_models
-from .outdir import DamagedOutput, JobPlan, OutputFolder, OutputOptions
-from .planning import ShardPlanner, plan_manifest
+from .lease import Lease, LeaseHeld
+from .model_columns import ModelCheck, check_models
+from .outdir import PLAN, DamagedOutput, JobPlan, OutputFolder, OutputOptions
+from .planning import PlannedManifest, ShardPlanner, plan_manifest
 from .progress import Progress
 from .storage import StorageError, open_storage
 from .worker_config import WorkerConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["JobRefused", "ManifestError", "RunRequest", "Summary", "run_job"]
+__all__ = ["DryRun", "JobRefused", "ManifestError", "RunRequest", "Summary", "dry_run", "run_job"]
 
 
 class JobRefused(RuntimeError):
@@ -43,10 +55,12 @@ class RunRequest:
     shard_size: int = 1000
     overwrite: bool = False
     labels: Sequence[str] = ()  # manifest columns declared labels (never read as a misspelt column)
+    allow_paths: Sequence[str] = ()  # --allow-path: local folders image cells may name, besides the manifest's
+    repair: bool = False  # --repair: check every committed shard as verify does, redo the damaged ones
 
 
-# (the output folder, the models the job's rows name) -> the executor that runs its shards
-ExecutorFactory = Callable[[OutputFolder, list[str]], Executor]
+# (the output folder, the models the job's rows name, how workers run) -> the executor of its shards
+ExecutorFactory = Callable[[OutputFolder, list[str], WorkerConfig], Executor]
 
 
 @dataclass
@@ -68,6 +82,8 @@ class Summary:
     failed_shards: list[dict] = field(default_factory=list)  # shards left uncommitted, and why
     stopped: str | None = None  # why the executor stopped before the end (every actor died, ...)
     interrupted: bool = False
+    retry_rows: int = 0  # rows failed for a storage reason: the next run redoes their shards
+    repaired: list[str] = field(default_factory=list)  # committed shards redone because damaged
 
     @property
     def incomplete(self) -> int:
@@ -79,14 +95,34 @@ class Summary:
                 f"{self.generation_images_per_second:.2f} img/s generating")
 
 
-def _plan(request: RunRequest, folder: OutputFolder, staging) -> tuple[JobPlan, ShardPlanner]:
-    planned = plan_manifest(open_manifest(request.manifest, request.worker.s3), request.model, request.shard_size,
-                            staging, labels=request.labels)
+def image_roots(base: Path | str, allow_paths: Sequence[str]) -> tuple[str, ...]:
+    """The local folders a job's image cells may name: the manifest's folder (when local) and the
+    --allow-path folders."""
+    roots = [] if is_s3_uri(str(base)) else [str(base)]
+    return tuple(roots + [os.path.abspath(p) for p in allow_paths])
+
+
+@dataclass
+class _Planned:
+    plan: JobPlan
+    manifest: PlannedManifest
+    models: ModelCheck
+    image_roots: tuple[str, ...]
+
+
+def _plan(request: RunRequest, staging, models_as_problems: bool = False) -> _Planned:
+    """The job's plan (its shards' rows staged in ``staging``), its models located and checked:
+    refused with ``ModelLoadError`` for a model that cannot be used (``models_as_problems``: a
+    ``ManifestError`` naming the rows, as ``validate`` reports it) or ``ManifestError``."""
+    source = open_manifest(request.manifest, request.worker.s3)
+    planned = plan_manifest(source, request.model, request.shard_size, staging, labels=request.labels)
     planner, shards = planned.planner, planned.shards
     for note in planned.report.notes:
         log.warning("%s: %s", request.manifest, note)
     warn_about_split_words(planner.split_word_ids, planner.split_word_count, request.worker.output.layout)
     checked = check_models(planner.usage, request.worker.refiner)
+    if models_as_problems and (checked.unusable or checked.problems):
+        raise ManifestError.from_problems(checked.unusable + checked.problems)
     checked.raise_if_refused()
     models = {name: location.fingerprint for name, location in checked.locations.items()}
     if checked.refiner is not None:
@@ -97,28 +133,45 @@ def _plan(request: RunRequest, folder: OutputFolder, staging) -> tuple[JobPlan, 
                             quality=output.image.effective_quality)
     plan = JobPlan(options=options, manifest=request.manifest, fingerprint=planner.fingerprint, models=models,
                    rows=planned.rows, shards=shards, duplicate_rows=planned.report.duplicate_rows)
-    return plan, planner
+    return _Planned(plan, planned, checked, image_roots(source.base, request.allow_paths))
 
 
-def _adopt(request: RunRequest, folder: OutputFolder, plan: JobPlan) -> bool:
-    """Make ``plan`` OUT's job; returns whether OUT already held it (a resume)."""
+def _previous(request: RunRequest, folder: OutputFolder, plan: JobPlan) -> tuple[JobPlan | None, list[str]]:
+    """OUT's earlier plan and what differs from ``plan`` (nothing: a resume); JobRefused where the
+    run may not replace it (a different job with shards done, or a damaged plan, without
+    --overwrite). Reads only: ``dry_run`` asks the same."""
     try:
         previous = folder.read_plan()
     except DamagedOutput as exc:
         if not request.overwrite:
             raise JobRefused(str(exc)) from None
-        previous = None
-        folder.clear()
+        return None, ["a damaged plan"]
     if previous is None:
-        return False
+        foreign = [s for s in folder.committed().values() if s.job != plan.job_id]
+        if foreign and not request.overwrite:
+            raise JobRefused(
+                f"{request.out} holds {len(foreign):,} committed shard(s) of another job and no plan ({PLAN}); "
+                "use another --out, or --overwrite to replace them")
+        return None, ["another job's shards"] if foreign else []
     changed = previous.differences(plan)
+    if changed and folder.committed(previous.job_id) and not request.overwrite:
+        raise JobRefused(
+            f"{request.out} holds a different job ({len(folder.committed(previous.job_id)):,} shards done): "
+            f"{'; '.join(changed)} changed. Use another --out, or --overwrite to replace it.")
+    return previous, changed
+
+
+def _adopt(request: RunRequest, folder: OutputFolder, plan: JobPlan) -> bool:
+    """Make ``plan`` OUT's job; returns whether OUT already held it (a resume)."""
+    previous, changed = _previous(request, folder, plan)
+    if previous is None:
+        if changed:
+            log.warning("--overwrite: removing %s from %s", changed[0], request.out)
+            folder.clear()
+        return False
     if not changed:
         return True
     committed = folder.committed(previous.job_id)
-    if committed and not request.overwrite:
-        raise JobRefused(
-            f"{request.out} holds a different job ({len(committed):,} shards done): {'; '.join(changed)} changed. "
-            "Use another --out, or --overwrite to replace it.")
     if committed:
         log.warning("--overwrite: removing the earlier job's outputs in %s", request.out)
     else:
@@ -127,9 +180,10 @@ def _adopt(request: RunRequest, folder: OutputFolder, plan: JobPlan) -> bool:
     return False
 
 
-def _publish_inputs(folder: OutputFolder, plan: JobPlan, planner: ShardPlanner) -> None:
-    """Each shard's input rows into OUT, once (a resumed job's are there already)."""
-    present = folder.shards_with_inputs()
+def _publish_inputs(folder: OutputFolder, plan: JobPlan, planner: ShardPlanner, resumed: bool) -> None:
+    """Each shard's input rows into OUT: all of them for a new job, the missing ones on a resume
+    (the others are this job's already)."""
+    present = folder.shards_with_inputs() if resumed else set()
     missing = [s.name for s in plan.shards if s.name not in present]
     with ThreadPoolExecutor(max_workers=16) as pool:
         for _ in pool.map(lambda name: folder.move_inputs_in(name, planner.staged_file(name)), missing):
@@ -142,28 +196,83 @@ def models_to_load(plan: JobPlan, worker: WorkerConfig) -> list[str]:
         ([worker.refiner] if worker.refiner else [])
 
 
-def run_job(request: RunRequest, make_executor: ExecutorFactory, executor_name: str = "local") -> Summary:
-    started = time.perf_counter()
+def _open_out(request: RunRequest) -> OutputFolder:
     try:
         storage = open_storage(request.out, request.worker.s3)
-        storage.check()
-        storage.discard_partial_writes()  # a killed run's unfinished writes and plans
+        storage.check_writable()
     except StorageError as exc:
         raise JobRefused(f"--out {exc}") from None
-    folder = OutputFolder(storage)
-    staging = storage.staging_folder()
+    return OutputFolder(storage)
+
+
+@contextmanager
+def _holding_lease(folder: OutputFolder):
+    """OUT's lease, held (and its heartbeat kept) while the block runs; JobRefused when another
+    live driver holds it."""
+    lease = Lease(folder)
     try:
-        plan, planner = _plan(request, folder, staging)
-        resumed = _adopt(request, folder, plan)
-        _publish_inputs(folder, plan, planner)
-        folder.write_plan(plan)
+        lease.acquire()
+    except LeaseHeld as exc:
+        raise JobRefused(str(exc)) from None
     except StorageError as exc:
         raise JobRefused(f"--out {exc}") from None
+    lease.start()
+    try:
+        yield lease
+    finally:
+        lease.release()
+
+
+def run_job(request: RunRequest, make_executor: ExecutorFactory, executor_name: str = "local") -> Summary:
+    started = time.perf_counter()
+    folder = _open_out(request)
+    try:
+        with _holding_lease(folder):
+            return _run(request, folder, make_executor, executor_name, started)
+    finally:
+        folder.storage.remove_if_empty()  # a refused job leaves no OUT behind
+
+
+def _shards_to_run(request: RunRequest, folder: OutputFolder, plan: JobPlan) -> tuple[list[str], dict, list[str]]:
+    """(shards to run, committed shards kept, damaged shards to redo); see the module doc."""
+    committed = folder.committed(plan.job_id)
+    damaged = folder.damaged_shards(plan, committed, full=request.repair)
+    for shard, why in sorted(damaged.items()):
+        log.warning("shard %s: %s; redoing it", shard, why)
+        folder.uncommit(shard)
+        committed.pop(shard)
+    retry = {name for name, stats in committed.items() if stats.retryable}
+    if retry:
+        rows = sum(committed[name].retryable for name in retry)
+        log.info("retrying %s row(s) that failed for a storage reason (%s shard(s))", f"{rows:,}", f"{len(retry):,}")
+    done = {name: stats for name, stats in committed.items() if name not in retry}
+    first = [s.name for s in plan.shards if s.name not in committed]  # never attempted (or damaged) first
+    todo = first + [s.name for s in plan.shards if s.name in retry]
+    return todo, done, sorted(damaged)
+
+
+def _run(request: RunRequest, folder: OutputFolder, make_executor: ExecutorFactory, executor_name: str,
+         started: float) -> Summary:
+    storage = folder.storage
+    try:
+        storage.discard_partial_writes()  # a killed run's unfinished writes and plans
+        staging = storage.staging_folder()
+    except StorageError as exc:
+        raise JobRefused(f"--out {exc}") from None
+    try:
+        planned_job = _plan(request, staging)
+        plan, roots = planned_job.plan, planned_job.image_roots
+        resumed = _adopt(request, folder, plan)
+        _publish_inputs(folder, plan, planned_job.manifest.planner, resumed)
+        folder.write_plan(plan)
+        todo, done, repaired = _shards_to_run(request, folder, plan)
+    except StorageError as exc:
+        raise JobRefused(f"--out {exc}") from None
+    except OSError as exc:  # staging the shards' rows (in OUT) on a full disk
+        raise JobRefused(f"--out {storage.root}: cannot write the plan: {exc.strerror or exc}") from None
     finally:
         storage.discard_staging(staging)
     planned = time.perf_counter()
-    done = folder.committed(plan.job_id)
-    todo = [s.name for s in plan.shards if s.name not in done]
     skipped = sum(s.rows for s in done.values())
     log.info("planned %s row(s) in %s shard(s) in %.1fs%s", f"{plan.rows:,}", f"{len(plan.shards):,}",
              planned - started, f"; {skipped:,} rows already done" if resumed else "")
@@ -172,9 +281,10 @@ def run_job(request: RunRequest, make_executor: ExecutorFactory, executor_name: 
     progress = Progress(total=plan.rows, already_done=skipped, already_failed=sum(s.failed for s in done.values()))
     result = ExecutionResult()
     interrupted, stopped = False, None
+    worker = replace(request.worker, image_roots=roots)
     try:
         if todo:
-            executor = make_executor(folder, models_to_load(plan, request.worker))
+            executor = make_executor(folder, models_to_load(plan, worker), worker)
             executor.run(todo, plan.job_id, ShardTracker(progress, result))
     except KeyboardInterrupt:
         interrupted = True
@@ -185,8 +295,46 @@ def run_job(request: RunRequest, make_executor: ExecutorFactory, executor_name: 
         progress.close()
     summary = _summarise(folder, plan, result, skipped, started, planned, executor_name, interrupted)
     summary.stopped = stopped
+    summary.repaired = repaired
     folder.write_summary(asdict(summary))
     return summary
+
+
+@dataclass
+class DryRun:
+    """What ``run --dry-run`` found: the plan ``run`` would make, and what OUT holds now."""
+
+    plan: JobPlan
+    planned: PlannedManifest
+    models: ModelCheck
+    out_state: str  # one line on OUT: empty, this job (how far), or what run would replace
+
+
+def dry_run(request: RunRequest) -> DryRun:
+    """Validate, plan (into a temporary folder) and check the models as ``run`` does, and compare
+    with OUT, writing nothing: refused (``ManifestError``, ``ModelLoadError``, ``JobRefused``)
+    exactly where ``run`` would refuse."""
+    try:
+        storage = open_storage(request.out, request.worker.s3)
+        storage.check()
+    except StorageError as exc:
+        raise JobRefused(f"--out {exc}") from None
+    folder = OutputFolder(storage)
+    with tempfile.TemporaryDirectory(prefix="sdbatch-dry-run-") as staging:
+        planned = _plan(request, Path(staging), models_as_problems=True)
+    plan = planned.plan
+    try:
+        previous, changed = _previous(request, folder, plan)
+        if previous is None and not changed:
+            state = "empty: the run starts a new job"
+        elif not changed:
+            done = folder.committed(plan.job_id)
+            state = (f"holds this job: {len(done):,} of {len(plan.shards):,} shards done; the run resumes")
+        else:
+            state = f"holds another job ({'; '.join(changed)}): the run replaces it"
+    except StorageError as exc:
+        raise JobRefused(f"--out {exc}") from None
+    return DryRun(plan, planned.manifest, planned.models, state)
 
 
 def _summarise(folder: OutputFolder, plan: JobPlan, result: ExecutionResult, skipped: int, started: float,
@@ -214,4 +362,5 @@ def _summarise(folder: OutputFolder, plan: JobPlan, result: ExecutionResult, ski
         per_worker={name: asdict(stats) for name, stats in result.workers.items()},
         failed_shards=[asdict(f) for f in result.failures],
         interrupted=interrupted,
+        retry_rows=sum(s.retryable for s in committed.values()),
     )

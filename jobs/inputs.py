@@ -11,6 +11,8 @@ Size rules (``width``/``height`` are the generated image's size):
 * with an init image: a missing side is the init image's, rounded down to a multiple of the VAE
   scale factor (8), as diffusers does; when the result differs from the image's own size the init
   image (and mask) are resized to it, Lanczos, as diffusers' ``VaeImageProcessor`` resizes;
+* a side taken from the init image is at most 8192, as a manifest's width and height (an image
+  with a larger side needs the row's width and height: it is then resized to them);
 * every side must be a multiple of the VAE scale factor and at least the model's minimum size
   (``LoadedModel.min_size``: one latent cell at the UNet's deepest level, 64 for SD 1.x/2.x), and
   so must the init image itself; the mask must be exactly the init image's size;
@@ -27,8 +29,15 @@ import numpy as np
 from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
 
-from sdbatch.manifests.remote import S3Options
-from sdbatch.manifests.schema import IMAGE_COLUMNS, IMAGE_MODES, MODE_IMAGES, MODE_OPTIONAL_IMAGES, MODES, GenerationRow
+from sdbatch.manifests.schema import (
+    IMAGE_COLUMNS,
+    IMAGE_MODES,
+    MODE_IMAGES,
+    MODE_OPTIONAL_IMAGES,
+    MODES,
+    SIZE_RANGE,
+    GenerationRow,
+)
 from sdbatch.pipeline.batch import BatchSettings, RowInput
 from sdbatch.pipeline.loading import LoadedModel
 from sdbatch.pipeline.families import check_row_fields
@@ -36,7 +45,7 @@ from sdbatch.pipeline.modes import ModeError, check_model_supports, strength_ste
 from sdbatch.pipeline.refiner import check_refiner
 from sdbatch.pipeline.schedulers import SCHEDULER_NAMES
 
-from .image_cells import CellImage, ImageCellError, depth_values, load_cell_image
+from .image_cells import CellAccess, CellImage, ImageCellError, depth_values, load_cell_image
 from .records import InputTrace
 
 log = logging.getLogger(__name__)
@@ -125,14 +134,14 @@ def check_columns(row: GenerationRow) -> None:
                                          "(int(steps * strength) must be at least 1)")
 
 
-def read_images(row: GenerationRow, storage: S3Options = S3Options()) -> RowImages:
+def read_images(row: GenerationRow, cells: CellAccess = CellAccess()) -> RowImages:
     loaded: dict[str, CellImage | None] = {}
     for column in IMAGE_COLUMNS:
         cell = getattr(row, column)
         try:
-            loaded[column] = None if cell is None else load_cell_image(cell, storage)
+            loaded[column] = None if cell is None else load_cell_image(cell, cells)
         except ImageCellError as exc:
-            raise InputError(column, str(exc)) from None
+            raise InputError(column, str(exc), exc.kind) from None
     return RowImages(init=loaded["init_image"], mask=loaded["mask_image"], depth=loaded["depth_map"])
 
 
@@ -155,6 +164,10 @@ def effective_size(row: GenerationRow, init: Image.Image | None, model: LoadedMo
     if init.width < smallest or init.height < smallest:
         raise InputError("init_image", f"image too small: {init.width}x{init.height}, this model needs at "
                                        f"least {smallest}x{smallest} pixels")
+    largest = SIZE_RANGE[1]
+    if (row.width is None and init.width > largest) or (row.height is None and init.height > largest):
+        raise InputError("init_image", f"image is {init.width}x{init.height}: a size taken from the image must be "
+                                       f"at most {largest}; give the row a width and height to resize it")
     return row.width or init.width - init.width % f, row.height or init.height - init.height % f
 
 
@@ -208,12 +221,13 @@ def make_ready(row: GenerationRow, images: RowImages, model: LoadedModel,
 
 # -- the whole step ---------------------------------------------------------------------------
 def prepare_row(row: GenerationRow, model_for: Callable[[str], LoadedModel],
-                storage: S3Options = S3Options(), refiner: str | None = None) -> ReadyRow | FailedRow:
-    """``refiner``: the --refiner model's name (loaded through ``model_for`` for rows that use it)."""
+                cells: CellAccess = CellAccess(), refiner: str | None = None) -> ReadyRow | FailedRow:
+    """``cells``: how image cells may be read; ``refiner``: the --refiner model's name (loaded
+    through ``model_for`` for rows that use it)."""
     images = RowImages()
     try:
         check_columns(row)
-        images = read_images(row, storage)
+        images = read_images(row, cells)
         try:
             model = model_for(row.model)
             refined = model_for(refiner) if refiner and row.refiner_start is not None else None
@@ -227,8 +241,8 @@ def prepare_row(row: GenerationRow, model_for: Callable[[str], LoadedModel],
 
 
 def prepare_rows(rows: list[GenerationRow], model_for: Callable[[str], LoadedModel],
-                 storage: S3Options = S3Options(), refiner: str | None = None) -> list[ReadyRow | FailedRow]:
-    """Prepare every row (``s3://`` cells read with ``storage``); a model that fails to load is
+                 cells: CellAccess = CellAccess(), refiner: str | None = None) -> list[ReadyRow | FailedRow]:
+    """Prepare every row (image cells read as ``cells`` allows); a model that fails to load is
     tried once per call, not once per row."""
     failed: dict[str, Exception] = {}
 
@@ -241,4 +255,4 @@ def prepare_rows(rows: list[GenerationRow], model_for: Callable[[str], LoadedMod
             failed[name] = exc
             raise
 
-    return [prepare_row(row, cached, storage, refiner) for row in rows]
+    return [prepare_row(row, cached, cells, refiner) for row in rows]

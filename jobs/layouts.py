@@ -9,7 +9,9 @@ On local disk a shard's folder is filled under ``_job/pending/<shard>`` and rena
 the shard commits, so a reader never sees part of a shard. Object stores have no rename: there the
 images are written at their final keys, and an attempt that stops before its commit leaves objects
 no committed metadata refers to; the driver removes them when it stops, the next attempt at that
-shard before it starts, and ``verify`` counts them as an interrupted shard's.
+shard before it starts, and ``verify`` counts them as an interrupted shard's. A committed shard that
+is redone (rows failed for a storage reason) keeps its images there while the redo rewrites them in
+place (same row, same image), so its committed rows stay readable throughout.
 
 The per-folder ``metadata.parquet`` is what Hugging Face ``datasets``' imagefolder reads (a
 ``file_name`` column relative to the metadata file's folder): ``load_dataset("imagefolder",
@@ -41,7 +43,7 @@ from PIL import Image
 
 from .image_encoding import ImageFormat
 from .outdir import IMAGES, TARS, image_folder, pending_folder, table_bytes, tar_path
-from .records import ResultRecord, label_names, record_json, records_to_table
+from .records import ResultRecord, record_json, records_to_table
 from .storage import Storage
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,8 @@ class OutputSpec:
 
 
 class ShardWriter(Protocol):
+    files: dict[str, int]  # after finish: the shard-level files it wrote and their sizes (for the marker)
+
     def image_ref(self, key: str) -> str: ...
     def add(self, record: ResultRecord, data: bytes, labels: pa.Table | None = None) -> None: ...
     def finish(self, records: list[ResultRecord], labels: pa.Table | None = None) -> None: ...
@@ -96,7 +100,9 @@ def imagefolder_table(records: list[ResultRecord], labels: pa.Table | None = Non
     seed = table.schema.get_field_index("seed")
     table = table.set_column(seed, "seed", table.column("seed").cast(pa.string()))
     if "file_name" in table.column_names:  # a manifest column of that name would shadow ours
-        renamed = label_names(["file_name"] + table.column_names)[0]
+        renamed = "manifest_file_name"
+        while renamed in table.column_names:
+            renamed = f"manifest_{renamed}"
         table = table.rename_columns([renamed if n == "file_name" else n for n in table.column_names])
     names = pa.array([r.image.rsplit("/", 1)[1] for r in records if r.status == "ok"], pa.string())
     return table.add_column(0, "file_name", names)
@@ -119,11 +125,15 @@ def warn_about_split_words(examples: list[str], count: int, layout: str) -> None
 class FilesWriter:
     """Writes a shard's images where they stay invisible until ``finish`` (see the module doc)."""
 
-    def __init__(self, storage: Storage, shard: str, fmt: ImageFormat):
+    def __init__(self, storage: Storage, shard: str, fmt: ImageFormat, redo: bool = False):
+        """``redo``: the shard is committed and being redone (see the module doc)."""
         self.storage, self.shard, self.fmt = storage, shard, fmt
         self.final = image_folder(shard)
         self.folder = pending_folder(shard) if storage.atomic_folders else self.final
-        storage.delete_prefix(self.folder)  # an earlier, uncommitted attempt's files
+        self.redo = redo
+        self.files: dict[str, int] = {}
+        if storage.atomic_folders or not redo:
+            storage.delete_prefix(self.folder)  # an earlier, uncommitted attempt's files
 
     def image_ref(self, key: str) -> str:
         return f"{self.final}/{key}.{self.fmt.extension}"
@@ -140,6 +150,11 @@ class FilesWriter:
                 self.storage.replace_folder(self.folder, self.final)
             else:
                 self.storage.delete_prefix(self.final)
+        elif self.redo:  # images the earlier commit had that this one does not
+            keep = {r.image for r in records if r.status == "ok"} | {imagefolder_metadata_path(self.shard)}
+            for path in self.storage.list(self.final):
+                if path not in keep:
+                    self.storage.delete(path)
 
     def close(self) -> None:
         pass
@@ -149,8 +164,8 @@ class FilesLayout:
     name = "files"
     prefix = IMAGES
 
-    def writer(self, storage: Storage, shard: str, fmt: ImageFormat) -> FilesWriter:
-        return FilesWriter(storage, shard, fmt)
+    def writer(self, storage: Storage, shard: str, fmt: ImageFormat, redo: bool = False) -> FilesWriter:
+        return FilesWriter(storage, shard, fmt, redo)
 
     def check_shard(self, storage: Storage, shard: str, ok: list[dict]) -> tuple[list[str], set[str]]:
         """Problems with a committed shard's images, and the paths it legitimately holds."""
@@ -168,7 +183,11 @@ class FilesLayout:
             if not storage.exists(meta):
                 problems.append(f"shard {shard}: {meta} (the imagefolder metadata) is missing")
             else:
-                listed = pq.read_table(io.BytesIO(storage.read_bytes(meta))).column("file_name").to_pylist()
+                try:
+                    listed = pq.read_table(io.BytesIO(storage.read_bytes(meta))).column("file_name").to_pylist()
+                except (OSError, KeyError, pa.ArrowException) as exc:
+                    problems.append(f"shard {shard}: {meta} cannot be read ({exc})")
+                    return problems, known
                 expected = sorted(r["image"].rsplit("/", 1)[1] for r in ok)
                 if sorted(listed) != expected:
                     problems.append(f"shard {shard}: {meta} does not list exactly the shard's ok images")
@@ -181,6 +200,7 @@ class WebDatasetWriter:
 
     def __init__(self, storage: Storage, shard: str, fmt: ImageFormat):
         self.storage, self.shard, self.fmt = storage, shard, fmt
+        self.files: dict[str, int] = {}
         self._file = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
         self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.PAX_FORMAT)
         self._lock = threading.Lock()
@@ -211,8 +231,10 @@ class WebDatasetWriter:
         if self._failure is not None:
             raise RuntimeError(f"shard {self.shard}: building {tar_path(self.shard)} failed: {self._failure}")
         self._tar.close()
+        size = self._file.tell()
         self._file.seek(0)
         self.storage.write_fileobj(tar_path(self.shard), self._file)
+        self.files[tar_path(self.shard)] = size
 
     def close(self) -> None:
         self._file.close()
@@ -222,8 +244,8 @@ class WebDatasetLayout:
     name = "webdataset"
     prefix = TARS
 
-    def writer(self, storage: Storage, shard: str, fmt: ImageFormat) -> WebDatasetWriter:
-        return WebDatasetWriter(storage, shard, fmt)
+    def writer(self, storage: Storage, shard: str, fmt: ImageFormat, redo: bool = False) -> WebDatasetWriter:
+        return WebDatasetWriter(storage, shard, fmt)  # the tar is replaced whole: nothing to keep
 
     def check_shard(self, storage: Storage, shard: str, ok: list[dict]) -> tuple[list[str], set[str]]:
         path = tar_path(shard)
@@ -232,7 +254,7 @@ class WebDatasetLayout:
         try:
             with tarfile.open(fileobj=io.BytesIO(storage.read_bytes(path))) as tar:
                 members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
-        except (tarfile.TarError, OSError) as exc:
+        except (tarfile.TarError, OSError, EOFError) as exc:
             return [f"shard {shard}: {path} is not a readable tar: {exc}"], {path}
         problems: list[str] = []
         expected: set[str] = set()

@@ -7,6 +7,8 @@
     OUT/_job/inputs/<shard>.parquet     the shard's manifest rows, normalised (written at planning)
     OUT/_job/shards/<shard>.json        the shard's commit marker (its stats)
     OUT/_job/summary.json               the last run's summary
+    OUT/_job/lease.json                 the running driver's lease (see lease.py)
+    OUT/_job/logs/<time>.log            the traceback of a run that failed unexpectedly
     OUT/_job/pending/<shard>/           a local shard's images until it commits
     OUT/_job/tmp/                       local writes in progress (renamed into place when whole)
     OUT/metadata/<shard>.parquet        one metadata row per manifest row of the shard
@@ -14,9 +16,16 @@
     OUT/shards/<shard>.tar              webdataset layout
 
 A shard commits in this order: its images (and its layout's own metadata) appear, then
-``metadata/<shard>.parquet``, then the marker. A shard is committed exactly when its marker exists
-and names this job; everything a reader should use is reachable from committed markers. Nothing
-here imports torch: ``status`` and ``verify`` answer in about a second.
+``metadata/<shard>.parquet``, then the marker. A shard is committed exactly when its marker exists,
+can be read and names this job; everything a reader should use is reachable from committed
+markers. A marker records the size of the shard's metadata file (and tar), so a damaged or missing
+one is found at every start by one listing (``damaged_shards``) and the shard is redone; the full
+check (every image decodes) is ``verify``'s, and ``run --repair`` redoes the shards it faults.
+
+A committed shard whose marker counts rows that failed for a storage reason (``retryable``) stays
+committed for readers, but ``run`` redoes it: its marker is replaced when the redo commits.
+
+Nothing here imports torch: ``status`` and ``verify`` answer in about a second.
 """
 
 from __future__ import annotations
@@ -38,6 +47,8 @@ PLAN_VERSION = 2
 JOB = "_job"
 PLAN = f"{JOB}/plan.json"
 SUMMARY = f"{JOB}/summary.json"
+LEASE = f"{JOB}/lease.json"
+LOGS = f"{JOB}/logs"
 INPUTS = f"{JOB}/inputs"
 MARKERS = f"{JOB}/shards"
 PENDING = f"{JOB}/pending"
@@ -129,6 +140,8 @@ class JobPlan:
     @classmethod
     def from_json(cls, text: str) -> "JobPlan":
         body = json.loads(text)
+        if not isinstance(body, dict):
+            raise ValueError("not a JSON object")
         if body.get("version") != PLAN_VERSION:
             raise ValueError(f"plan format {body.get('version', 1)}, this sdbatch writes {PLAN_VERSION}")
         body["options"] = OutputOptions(**body["options"])
@@ -170,6 +183,12 @@ class ShardStats:
     worker: str = ""
     job: str = ""
     errors: dict[str, int] = field(default_factory=dict)  # failed rows by error kind
+    files: dict[str, int] = field(default_factory=dict)  # the shard's metadata file (and tar): bytes
+
+    @property
+    def retryable(self) -> int:
+        """Rows that failed for a storage reason (not their own fault): the next run redoes them."""
+        return self.errors.get("storage", 0)
 
 
 # -- the folder -----------------------------------------------------------------------------------
@@ -189,7 +208,7 @@ class OutputFolder:
             return None
         try:
             return JobPlan.from_json(self.storage.read_bytes(PLAN).decode())
-        except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError) as exc:
             raise DamagedOutput(f"{self.storage.url(PLAN)} cannot be read ({exc}); this OUT was not written by "
                                 "this sdbatch or was damaged: use another --out, or --overwrite to start over") from None
 
@@ -212,14 +231,21 @@ class OutputFolder:
     # commits
     def committed(self, job_id: str | None = None) -> dict[str, ShardStats]:
         """Committed shards (of the job ``job_id``, when given); unreadable markers are skipped."""
-        done = {}
+        return self.markers(job_id)[0]
+
+    def markers(self, job_id: str | None = None) -> tuple[dict[str, ShardStats], dict[str, str]]:
+        """(committed shards of ``job_id`` or of any job, {shard: why} for markers that cannot be
+        read: a damaged marker is not a commit)."""
+        done, damaged = {}, {}
         for path in self.storage.list(MARKERS):
             if not path.endswith(".json"):
                 continue
             stats = self._marker(path)
-            if stats is not None and (job_id is None or stats.job == job_id):
+            if stats is None:
+                damaged[path.rsplit("/", 1)[-1].removesuffix(".json")] = f"its commit marker {path} is damaged"
+            elif job_id is None or stats.job == job_id:
                 done[stats.shard] = stats
-        return done
+        return done, damaged
 
     def committed_shard(self, shard: str, job_id: str) -> ShardStats | None:
         """The shard's commit marker, if this job committed it."""
@@ -230,15 +256,51 @@ class OutputFolder:
 
     def _marker(self, path: str) -> ShardStats | None:
         try:
-            return ShardStats(**json.loads(self.storage.read_bytes(path)))
-        except (ValueError, TypeError, UnicodeDecodeError) as exc:
+            stats = ShardStats(**json.loads(self.storage.read_bytes(path)))
+        except (ValueError, TypeError, AttributeError, UnicodeDecodeError) as exc:
             log.warning("ignoring damaged commit marker %s (%s)", path, exc)
             return None
+        counts = (stats.rows, stats.ok, stats.failed)
+        if not isinstance(stats.errors, dict) or not isinstance(stats.files, dict) or \
+                not all(isinstance(n, int) for n in counts) or \
+                stats.shard != path.rsplit("/", 1)[-1].removesuffix(".json"):
+            log.warning("ignoring damaged commit marker %s", path)
+            return None
+        return stats
 
     def commit(self, shard: str, metadata: pa.Table, stats: ShardStats) -> None:
-        """The last two steps of a commit (the layout has published the images): metadata, marker."""
-        self.storage.write_bytes(metadata_path(shard), table_bytes(metadata))
+        """The last two steps of a commit (the layout has published the images): metadata, marker
+        (recording the metadata file's size)."""
+        data = table_bytes(metadata)
+        self.storage.write_bytes(metadata_path(shard), data)
+        stats.files = {**stats.files, metadata_path(shard): len(data)}
         self.storage.write_bytes(marker_path(shard), json.dumps(asdict(stats)).encode())
+
+    def damaged_shards(self, plan: JobPlan, committed: dict[str, ShardStats], full: bool = False) -> dict[str, str]:
+        """Committed shards whose outputs are damaged, and what is wrong with each: at every start,
+        the files the markers record are looked up (one listing per folder: present, and the size
+        they had); ``full`` (``run --repair``) also checks every committed shard as ``verify`` does."""
+        found: dict[str, str] = {}
+        recorded = {path for stats in committed.values() for path in stats.files}
+        sizes: dict[str, int] = {}
+        for prefix in sorted({path.split("/", 1)[0] for path in recorded}):
+            sizes.update(self.storage.sizes(prefix))
+        for name, stats in committed.items():
+            for path, size in stats.files.items():
+                if path not in sizes:
+                    found[name] = f"{path} is missing"
+                elif sizes[path] != size:
+                    found[name] = f"{path} holds {sizes[path]:,} bytes, {size:,} when committed"
+        if full:
+            from .layouts import layout_named
+
+            layout = layout_named(plan.options.layout)
+            for shard in plan.shards:
+                if shard.name in committed and shard.name not in found:
+                    problems, _ = check_committed_shard(self, layout, shard)
+                    if problems:
+                        found[shard.name] = problems[0]
+        return found
 
     def commit_failed(self, shard: str, job_id: str, cause: str) -> ShardStats:
         """Commit every row of a shard that could not run (its workers kept dying) as an error row
@@ -253,6 +315,12 @@ class OutputFolder:
         stats = ShardStats(shard, len(records), 0, len(records), 0.0, "driver", job_id, {"internal": len(records)})
         self.commit(shard, records_to_table(records, table.select(extra_names(table))), stats)
         return stats
+
+    def write_log(self, name: str, text: str) -> str:
+        """A log file under _job/logs; returns where it is."""
+        path = f"{LOGS}/{name}"
+        self.storage.write_bytes(path, text.encode())
+        return self.storage.url(path)
 
     def uncommit(self, shard: str) -> None:
         """Forget a shard's commit (its outputs are redone by the next run)."""
@@ -290,6 +358,8 @@ class JobStatus:
     done_rows: int
     ok: int
     failed: int
+    retry_rows: int = 0  # failed for a storage reason: the same run command redoes them
+    damaged: list[str] = field(default_factory=list)  # committed shards whose metadata file is damaged
 
     @property
     def found(self) -> bool:
@@ -297,15 +367,25 @@ class JobStatus:
 
     @property
     def complete(self) -> bool:
-        return self.found and self.done_shards == self.planned_shards
+        return self.found and self.done_shards == self.planned_shards and not self.retry_rows and not self.damaged
 
     def text(self) -> str:
         if not self.found:
             return f"{self.out}: no sdbatch job here (no {PLAN})"
         pct = 100 * self.done_rows / max(self.planned_rows, 1)
-        state = "complete" if self.complete else "incomplete (running, or stopped: the same run command resumes)"
+        retry = f" ({self.retry_rows:,} for a storage reason)" if self.retry_rows else ""
+        if self.complete:
+            state = "complete"
+        elif self.damaged:
+            state = (f"damaged: shard(s) {', '.join(self.damaged[:5])} lost committed files "
+                     "(the same run command redoes them)")
+        elif self.done_shards == self.planned_shards:
+            state = "incomplete (rows failed for a storage reason: the same run command retries them)"
+        else:
+            state = "incomplete (running, or stopped: the same run command resumes)"
         return (f"{self.out}: {self.done_rows:,}/{self.planned_rows:,} rows ({pct:.1f}%), "
-                f"{self.done_shards:,}/{self.planned_shards:,} shards, {self.ok:,} ok, {self.failed:,} failed: {state}")
+                f"{self.done_shards:,}/{self.planned_shards:,} shards, {self.ok:,} ok, {self.failed:,} failed{retry}: "
+                f"{state}")
 
 
 def job_status(folder: OutputFolder) -> JobStatus:
@@ -314,21 +394,48 @@ def job_status(folder: OutputFolder) -> JobStatus:
         return JobStatus(folder.root, 0, 0, 0, 0, 0, 0)
     done = folder.committed(plan.job_id)
     return JobStatus(folder.root, plan.rows, len(plan.shards), len(done), sum(s.rows for s in done.values()),
-                     sum(s.ok for s in done.values()), sum(s.failed for s in done.values()))
+                     sum(s.ok for s in done.values()), sum(s.failed for s in done.values()),
+                     sum(s.retryable for s in done.values()), sorted(folder.damaged_shards(plan, done)))
 
 
 @dataclass
 class Verdict:
-    """What ``verify`` found: problems (outputs that break a promise) and shards not yet committed
+    """What ``verify`` found: problems (outputs that break a promise; ``damaged``: the committed
+    shards among them, which ``run --repair`` redoes), shards not yet committed and rows to retry
     (an incomplete job, which the same run command completes)."""
 
     problems: list[str]
     uncommitted: list[str]
     planned: int
+    damaged: list[str] = field(default_factory=list)
+    retry_rows: int = 0
 
     @property
     def ok(self) -> bool:
-        return not self.problems and not self.uncommitted
+        return not self.problems and not self.uncommitted and not self.retry_rows
+
+
+def check_committed_shard(folder: OutputFolder, layout, shard: ShardPlan) -> tuple[list[str], set[str]]:
+    """Problems with a committed shard (its metadata against the plan, its images against its
+    layout), and the layout's files it accounts for."""
+    name = shard.name
+    meta = metadata_path(name)
+    try:
+        table = pq.read_table(io.BytesIO(folder.storage.read_bytes(meta)), columns=["row_index", "status", "image"])
+    except FileNotFoundError:
+        return [f"shard {name}: committed but {meta} is missing"], set()
+    except (OSError, pa.ArrowException) as exc:
+        return [f"shard {name}: {meta} cannot be read ({exc})"], set()
+    problems: list[str] = []
+    counts = Counter(table.column("row_index").to_pylist())
+    if sum(counts.values()) != shard.rows or len(counts) != shard.rows:
+        problems.append(f"shard {name}: {sum(counts.values())} metadata rows for {shard.rows} planned rows")
+    twice = [i for i, c in counts.items() if c > 1]
+    if twice:
+        problems.append(f"shard {name}: rows with more than one metadata row: {sorted(twice)[:5]}")
+    ok = [r for r in table.to_pylist() if r["status"] == "ok"]
+    shard_problems, known = layout.check_shard(folder.storage, name, ok)
+    return problems + shard_problems, known
 
 
 def verify(folder: OutputFolder) -> Verdict:
@@ -340,39 +447,30 @@ def verify(folder: OutputFolder) -> Verdict:
     if plan is None:
         return Verdict([f"{folder.root}: no plan ({PLAN}); not an sdbatch output"], [], 0)
     layout = layout_named(plan.options.layout)
-    done = folder.committed(plan.job_id)
+    done, damaged_markers = folder.markers(plan.job_id)
     problems: list[str] = []
     uncommitted: list[str] = []
+    damaged: list[str] = []
+    retrying: set[str] = {name for name, stats in done.items() if stats.retryable}
     known: set[str] = set()  # files the committed shards account for
     for shard in plan.shards:
         name = shard.name
         if name not in done:
             uncommitted.append(name)
+            if name in damaged_markers:
+                problems.append(f"shard {name}: {damaged_markers[name]}: not a commit (run the same command "
+                                "again to redo the shard)")
             continue
-        meta = metadata_path(name)
-        try:
-            table = pq.read_table(io.BytesIO(storage.read_bytes(meta)), columns=["row_index", "status", "image"])
-        except FileNotFoundError:
-            problems.append(f"shard {name}: committed but {meta} is missing")
-            continue
-        except (OSError, pa.ArrowException) as exc:
-            problems.append(f"shard {name}: {meta} cannot be read ({exc})")
-            continue
-        counts = Counter(table.column("row_index").to_pylist())
-        if sum(counts.values()) != shard.rows or len(counts) != shard.rows:
-            problems.append(f"shard {name}: {sum(counts.values())} metadata rows for {shard.rows} planned rows")
-        twice = [i for i, c in counts.items() if c > 1]
-        if twice:
-            problems.append(f"shard {name}: rows with more than one metadata row: {sorted(twice)[:5]}")
-        ok = [r for r in table.to_pylist() if r["status"] == "ok"]
-        shard_problems, shard_files = layout.check_shard(storage, name, ok)
+        shard_problems, shard_files = check_committed_shard(folder, layout, shard)
+        if shard_problems:
+            damaged.append(name)
         problems.extend(shard_problems)
         known |= shard_files
     for path in storage.list(layout.prefix):
         if path in known:
             continue
         shard = path.split("/")[1].removesuffix(".tar") if "/" in path else ""
-        if shard in uncommitted:
+        if shard in uncommitted or shard in retrying:
             continue  # an interrupted attempt's, replaced when the shard is run again
         problems.append(f"stray file {path}: no ok metadata row refers to it")
     planned = {s.name for s in plan.shards}
@@ -382,4 +480,4 @@ def verify(folder: OutputFolder) -> Verdict:
             problems.append(f"stray file {path}: not a planned shard's metadata")
     problems.extend(f"partial file {p} left by an interrupted write" for p in storage.partial_writes()
                     if not uncommitted)
-    return Verdict(problems, uncommitted, len(plan.shards))
+    return Verdict(problems, uncommitted, len(plan.shards), damaged, sum(done[s].retryable for s in retrying))

@@ -7,11 +7,17 @@ AUTOMATIC1111 "infotext"), so an image opened anywhere tells how it was made::
 
 The last line is ``key: value`` pairs; a value with a comma, colon or newline is JSON-quoted, as
 those tools quote it. The negative prompt line is left out when there is none.
+
+Tools split this text at newlines (the last line is the settings, a line starting "Negative
+prompt:" the negative prompt) and C readers stop at NUL, so control characters (NUL, newlines,
+other C0/C1 controls, Unicode line and paragraph separators) in the prompts become spaces here:
+the text always has the lines above and nothing else. The metadata keeps the exact prompts.
 """
 
 from __future__ import annotations
 
 import json
+import unicodedata
 
 from .records import ResultRecord
 
@@ -29,10 +35,19 @@ SAMPLER_NAMES = {
 }
 
 
+_BREAKING = ("Cc", "Zl", "Zp")  # control characters, line and paragraph separators
+
+
+def one_line(text: str) -> str:
+    """``text`` with every control character and line or paragraph separator as a space."""
+    return "".join(" " if unicodedata.category(ch) in _BREAKING else ch for ch in text)
+
+
 def quote(value) -> str:
     text = str(value)
-    if any(ch in text for ch in ",:\n"):
-        return json.dumps(text, ensure_ascii=False)
+    if any(ch in text for ch in ",:") or one_line(text) != text:
+        quoted = json.dumps(text, ensure_ascii=False)  # escapes C0 controls; the rest escaped here
+        return "".join(f"\\u{ord(ch):04x}" if unicodedata.category(ch) in _BREAKING else ch for ch in quoted)
     return text
 
 
@@ -60,8 +75,8 @@ def infotext(record: ResultRecord) -> str:
     if record.sdbatch_version:
         fields.append(("Version", f"sdbatch {record.sdbatch_version}"))
     settings = ", ".join(f"{key}: {quote(value)}" for key, value in fields if value is not None)
-    lines = [record.prompt]
+    lines = [one_line(record.prompt)]
     if record.negative_prompt:
-        lines.append(f"Negative prompt: {record.negative_prompt}")
+        lines.append(f"Negative prompt: {one_line(record.negative_prompt)}")
     lines.append(settings)
     return "\n".join(lines)

@@ -109,17 +109,33 @@ def reporting(action: str, where: str):
         raise StorageError(f"{where}: cannot {action}: {exc}") from None
 
 
-def read_object(uri: str, options: S3Options) -> bytes:
-    """The whole object; FileNotFoundError when there is none."""
+class ObjectTooLarge(ValueError):
+    """An object larger than the reader's limit (it was not read)."""
+
+
+def read_object(uri: str, options: S3Options, max_bytes: int | None = None) -> bytes:
+    """The whole object; FileNotFoundError when there is none, ObjectTooLarge when it holds more
+    than ``max_bytes``."""
     where = S3Location.parse(uri)
     client = s3_client(options)
     with reporting("read", where.uri):
         try:
-            return client.get_object(Bucket=where.bucket, Key=where.key)["Body"].read()
+            response = client.get_object(Bucket=where.bucket, Key=where.key)
         except ClientError as exc:
             if _error_code(exc) in NOT_FOUND:
                 raise FileNotFoundError(where.uri) from None
             raise
+        body = response["Body"]
+        if max_bytes is None:
+            return body.read()
+        if response.get("ContentLength", 0) > max_bytes:
+            body.close()
+            raise ObjectTooLarge(where.uri)
+        data = body.read(max_bytes + 1)
+        body.close()
+        if len(data) > max_bytes:
+            raise ObjectTooLarge(where.uri)
+        return data
 
 
 class S3Storage:
@@ -187,6 +203,36 @@ class S3Storage:
                     return False
                 raise
 
+    def create_exclusive(self, relpath: str, data: bytes) -> bool:
+        """Put ``relpath`` unless it exists (a conditional put, ``If-None-Match: *``; a store that
+        ignores the condition makes this a plain put: best effort). Returns whether it was created."""
+        where = self._at(relpath)
+        with reporting("write", where.uri):
+            try:
+                self._client.put_object(Bucket=where.bucket, Key=where.key, Body=data, IfNoneMatch="*")
+                return True
+            except ClientError as exc:
+                code = _error_code(exc)
+                if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                    return False
+                if code not in ("NotImplemented", "501", "InvalidArgument", "InvalidRequest", "400"):
+                    raise
+            log.debug("%s: conditional puts refused by the store; a plain put instead", where.uri)
+        if self.exists(relpath):
+            return False
+        self.write_bytes(relpath, data)
+        return True
+
+    def sizes(self, prefix: str) -> dict[str, int]:
+        """Every object under ``prefix`` and its size in bytes (one listing)."""
+        where = self._at(prefix)
+        paginator = self._client.get_paginator("list_objects_v2")
+        out: dict[str, int] = {}
+        with reporting("list", where.uri):
+            for page in paginator.paginate(Bucket=where.bucket, Prefix=f"{where.key}/"):
+                out.update((self._relative(item["Key"]), item["Size"]) for item in page.get("Contents", []))
+        return out
+
     def _relative(self, key: str) -> str:
         return key[len(self.location.key) + 1:] if self.location.key else key
 
@@ -237,6 +283,12 @@ class S3Storage:
             raise StorageError(f"{self.root}: cannot reach bucket {bucket!r} at {endpoint}: {code} {exc}") from None
         except BotoCoreError as exc:
             raise StorageError(f"{self.root}: cannot reach {endpoint}: {exc}") from None
+
+    def check_writable(self) -> None:
+        self.check()
+
+    def remove_if_empty(self) -> None:
+        pass  # an object store has no folders
 
     def _uploads(self) -> list[dict]:
         prefix = f"{self.location.key}/" if self.location.key else ""

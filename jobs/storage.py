@@ -34,12 +34,16 @@ class Storage(Protocol):
     def move_in(self, relpath: str, local_path: str | Path) -> None: ...
     def read_bytes(self, relpath: str) -> bytes: ...
     def exists(self, relpath: str) -> bool: ...
+    def create_exclusive(self, relpath: str, data: bytes) -> bool: ...
     def list(self, prefix: str) -> list[str]: ...
+    def sizes(self, prefix: str) -> dict[str, int]: ...
     def delete(self, relpath: str) -> None: ...
     def delete_prefix(self, prefix: str) -> int: ...
     def replace_folder(self, source: str, target: str) -> None: ...
     def url(self, relpath: str) -> str: ...
     def check(self) -> None: ...
+    def check_writable(self) -> None: ...
+    def remove_if_empty(self) -> None: ...
     def partial_writes(self) -> list[str]: ...
     def discard_partial_writes(self) -> int: ...
 
@@ -74,9 +78,15 @@ class LocalStorage:
         """Remove a staging folder, and the folders it needed if they are empty now (a refused
         job leaves no OUT behind)."""
         shutil.rmtree(folder, ignore_errors=True)
+        self.remove_if_empty()
+
+    def remove_if_empty(self) -> None:
+        """Remove _job/tmp, _job and OUT itself (if this run created it) where they are empty."""
         for path in (self._tmp, self._tmp.parent) + (() if self._root_existed else (Path(self.root),)):
             try:
                 path.rmdir()
+            except FileNotFoundError:
+                continue
             except OSError:
                 break
 
@@ -116,6 +126,47 @@ class LocalStorage:
     def exists(self, relpath: str) -> bool:
         return self._path(relpath).exists()
 
+    def create_exclusive(self, relpath: str, data: bytes) -> bool:
+        """Write ``relpath`` whole unless it exists (one link: atomic, even between hosts sharing
+        the folder over NFS); returns whether this call created it."""
+        final = self._path(relpath)
+        tmp = self._tmp / f"{uuid.uuid4().hex}.partial"
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            self._tmp.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(data)
+            try:
+                os.link(tmp, final)
+            except FileExistsError:
+                return False
+            except OSError:  # a filesystem without hard links: an exclusive create, then one write
+                try:
+                    fd = os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                except FileExistsError:
+                    return False
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+            return True
+        except OSError as exc:
+            raise StorageError(f"{final}: cannot write: {exc.strerror or exc}") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def sizes(self, prefix: str) -> dict[str, int]:
+        """Every file under ``prefix`` and its size in bytes."""
+        base = self._path(prefix)
+        if not base.exists():
+            return {}
+        out = {}
+        for path in base.rglob("*"):
+            try:
+                info = path.stat()
+            except OSError:
+                continue
+            if path.is_file():
+                out[str(path.relative_to(self.root))] = info.st_size
+        return out
+
     def list(self, prefix: str) -> list[str]:
         base = self._path(prefix)
         if not base.exists():
@@ -137,9 +188,16 @@ class LocalStorage:
         """Move folder ``source`` to ``target`` (replacing what is there) with one rename."""
         src, dst = self._path(source), self._path(target)
         dst.parent.mkdir(parents=True, exist_ok=True)
-        if dst.exists():  # left by an attempt that died between this rename and its commit marker
-            shutil.rmtree(dst)
+        if not dst.exists():
+            os.replace(src, dst)
+            return
+        # left by an attempt that died between this rename and its marker, or a committed shard
+        # being redone: swapped with two renames, so the folder is never missing for long
+        old = self._tmp / f"replaced-{uuid.uuid4().hex}"
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        os.replace(dst, old)
         os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
 
     def url(self, relpath: str) -> str:
         return str(self._path(relpath))
@@ -154,6 +212,20 @@ class LocalStorage:
                 if not os.access(parent, os.W_OK | os.X_OK):
                     raise StorageError(f"{self.root}: {parent} is not writable")
                 return
+
+    def check_writable(self) -> None:
+        """``check``, then OUT made (if new) and a file written and removed in it: an unwritable
+        OUT is refused before any work, in one line."""
+        self.check()
+        root = Path(self.root)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            probe = root / f".sdbatch-probe-{uuid.uuid4().hex}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            self.remove_if_empty()
+            raise StorageError(f"{self.root}: cannot write here: {exc.strerror or exc}") from None
 
     def partial_writes(self) -> list[str]:
         """Files of writes (and plans) that never finished (a killed run's); invisible at their

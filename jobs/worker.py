@@ -138,22 +138,23 @@ class ShardWorker:
         return future
 
     def _prepare(self, rows: list[GenerationRow]) -> list[ReadyRow | FailedRow]:
-        return prepare_rows(rows, lambda name: self.engine(name).model, self.config.s3, self.config.refiner)
+        return prepare_rows(rows, lambda name: self.engine(name).model, self.config.cell_access(), self.config.refiner)
 
     # -- one shard -----------------------------------------------------------------------------
     def run_shard(self, shard: str, job_id: str = "") -> Iterator[ShardProgress | ShardStats]:
         """Generate, write and commit one shard, reporting progress after every batch (a shard
-        this job already committed is not redone: its marker is the answer)."""
+        this job already committed is not redone: its marker is the answer; unless rows of it
+        failed for a storage reason, which a redo may fix: its marker stays until the redo commits)."""
         with self._locks_lock:
             lock = self._shard_locks.setdefault(shard, threading.Lock())
         with lock:
             done = self.folder.committed_shard(shard, job_id)
-            if done is not None:
+            if done is not None and not done.retryable:
                 yield done
                 return
-            yield from self._run_shard(shard, job_id)
+            yield from self._run_shard(shard, job_id, redo=done is not None)
 
-    def _run_shard(self, shard: str, job_id: str) -> Iterator[ShardProgress | ShardStats]:
+    def _run_shard(self, shard: str, job_id: str, redo: bool = False) -> Iterator[ShardProgress | ShardStats]:
         """Rows go in windows of a few batches: window k+1 is prepared on a thread while window k
         runs, so the device does not wait on image reading and decoding. Only generation holds
         the device; waiting for the writes and committing do not (see ``_device``)."""
@@ -164,7 +165,7 @@ class ShardWorker:
         labels = {row.row_index: label_table.slice(i, 1) for i, row in enumerate(rows)}
         window = self.config.batch_size * PREPARE_WINDOW_BATCHES
         windows = [rows[i: i + window] for i in range(0, len(rows), window)]
-        writer = self.layout.writer(self.storage, shard, self.config.output.image)
+        writer = self.layout.writer(self.storage, shard, self.config.output.image, redo)
         pending: list[tuple[ResultRecord, Future | None]] = []
         failed = 0
         try:
@@ -191,7 +192,7 @@ class ShardWorker:
             writer.close()
         kinds = Counter(r.error_kind for r in records if r.status != "ok")
         stats = ShardStats(shard, len(records), len(records) - sum(kinds.values()), sum(kinds.values()),
-                           round(time.perf_counter() - started, 3), self.name, job_id, dict(kinds))
+                           round(time.perf_counter() - started, 3), self.name, job_id, dict(kinds), dict(writer.files))
         self.folder.commit(shard, records_to_table(records, label_table), stats)
         yield stats
 

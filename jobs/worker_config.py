@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from sdbatch.manifests.remote import S3Options
 
+from .image_cells import DEFAULT_MAX_IMAGE_BYTES, CellAccess
 from .layouts import OutputSpec
 
 
@@ -20,3 +21,10 @@ class WorkerConfig:
     output: OutputSpec = field(default_factory=OutputSpec)
     s3: S3Options = field(default_factory=S3Options)  # for s3:// image cells and outputs
     refiner: str | None = None  # the SDXL model that takes over rows with a refiner_start
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES  # --max-image-bytes: the largest image cell read
+    # local folders image cells may name (the driver sets the manifest's folder and --allow-path
+    # folders; None: anywhere, for trusted callers of the library)
+    image_roots: tuple[str, ...] | None = None
+
+    def cell_access(self) -> CellAccess:
+        return CellAccess(s3=self.s3, roots=self.image_roots, max_bytes=self.max_image_bytes)

@@ -10,8 +10,9 @@ Parquet (string columns that are not UTF-8 too), CSV, TSV or JSON Lines.
 
 The contract (issue 14): every manifest is accepted (exit 0, "problems: none") or refused (exit 2)
 with a message naming a column (or, for a manifest without rows, saying so); never a traceback.
-``assert_same_verdict`` also checks a second command (``sdbatch run``, plugged in by the caller)
-accepts and refuses exactly the manifests ``validate`` does, with the same problem lines.
+``assert_same_verdict`` also checks a second command (``sdbatch run --dry-run`` for every case, or a
+real ``sdbatch run``; plugged in by the caller) accepts and refuses exactly the manifests
+``validate`` does, with the same problem lines.
 """
 
 from __future__ import annotations
