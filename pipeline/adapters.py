@@ -94,12 +94,13 @@ class LoraAdapters:
             if name in self.loaded:
                 self.loaded.move_to_end(name)
                 continue
-            self._make_room(keep=set(weights))
+            self._evict(keep=set(weights), limit=self.capacity - 1)
             from safetensors.torch import load_file
 
             pipe.load_lora_weights(load_file(lora.path), adapter_name=name)
             self.loaded[name] = None
             log.info("loaded LoRA %s as adapter %s on %s", lora.path, name, self.model.name)
+        self._evict(keep=set(weights), limit=self.capacity)
         if wanted:
             pipe.enable_lora()
             pipe.set_adapters([n for n, _ in wanted], adapter_weights=[w for _, w in wanted])
@@ -108,8 +109,9 @@ class LoraAdapters:
         self.active = wanted
         self.switches += 1
 
-    def _make_room(self, keep: set[str]) -> None:
-        while len(self.loaded) >= self.capacity:
+    def _evict(self, keep: set[str], limit: int) -> None:
+        """Drop least recently used adapters not in ``keep`` until at most ``limit`` are loaded."""
+        while len(self.loaded) > limit:
             victim = next((n for n in self.loaded if n not in keep), None)
             if victim is None:
                 return

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -391,7 +392,9 @@ def write_tiny_lora(folder: str | Path, model: str = "tiny", name: str = "tiny-l
         if module is None:
             continue
         config = LoraConfig(r=rank, lora_alpha=rank, target_modules=list(targets), init_lora_weights="gaussian")
-        inject_adapter_in_model(config, module)
+        with warnings.catch_warnings():  # peft notes the pipeline's modules share one config object
+            warnings.simplefilter("ignore", UserWarning)
+            inject_adapter_in_model(config, module)
         with torch.no_grad():
             for param_name, param in module.named_parameters():
                 if "lora_A" in param_name or "lora_B" in param_name:
