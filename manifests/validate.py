@@ -92,9 +92,11 @@ def _given(batch: pa.RecordBatch) -> np.ndarray:
 class _Scan:
     """State of one validation pass."""
 
-    def __init__(self, source: ManifestSource, default_model: str, schedulers: Sequence[str]):
+    def __init__(self, source: ManifestSource, default_model: str, schedulers: Sequence[str],
+                 prompt_syntax: str = "plain"):
         self.source = source
         self.default_model = default_model
+        self.prompt_syntax = prompt_syntax
         self.schedulers = schedulers
         self.problems = ProblemLog()
         self.id_hashes: list[np.ndarray] = []
@@ -111,8 +113,8 @@ class _Scan:
         known = self.columns()
         for offset, batch in self.source.batches(None if on_batch else known, batch_rows):
             checked = batch.select(known) if on_batch else batch
-            check_batch(checked, offset, self.problems, self.schedulers)
-            table = normalise_batch(checked, self.default_model)
+            check_batch(checked, offset, self.problems, self.schedulers, self.prompt_syntax)
+            table = normalise_batch(checked, self.default_model, self.prompt_syntax)
             if on_batch is not None and not self.problems:
                 on_batch(offset, table, batch)
             self.id_hashes.append(_string_hashes(table.column("id")))
@@ -151,7 +153,7 @@ class _Scan:
                 continue
             rows = np.flatnonzero(mask) + offset
             picked = batch.filter(pa.array(mask))
-            table = normalise_batch(picked, self.default_model)
+            table = normalise_batch(picked, self.default_model, self.prompt_syntax)
             for row, row_id, key in zip(rows.tolist(), table.column("id").to_pylist(), _group_keys(table)):
                 first = first_row.setdefault(row_id, row)
                 if first == row:
@@ -181,14 +183,17 @@ class _Scan:
 
 def validate_source(source: ManifestSource, default_model: str = "",
                     schedulers: Sequence[str] | None = None, batch_rows: int = BATCH_ROWS,
-                    labels: Sequence[str] = (), on_batch: BatchObserver | None = None) -> ManifestReport:
+                    labels: Sequence[str] = (), on_batch: BatchObserver | None = None,
+                    prompt_syntax: str = "plain") -> ManifestReport:
     """Check every row of ``source``; problems are in the report, not raised.
+
+    ``prompt_syntax`` is the job's (``--prompt-syntax``): that of rows that name none.
 
     ``labels`` are columns declared labels (``--label``): carried through even where their name
     looks like a misspelt manifest column. ``on_batch`` sees every batch of the one streaming pass,
     every column read (until a problem is found: then it is no longer called).
     """
-    scan = _Scan(source, default_model, schedulers if schedulers is not None else known_schedulers())
+    scan = _Scan(source, default_model, schedulers if schedulers is not None else known_schedulers(), prompt_syntax)
     notes = check_column_names(source.column_names, labels, scan.problems)
     named = len(scan.problems)
     check_schema(source.schema, scan.problems)
