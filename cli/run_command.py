@@ -9,7 +9,7 @@ import sys
 import click
 
 from . import exit_codes
-from .options import s3_from, s3_options
+from .options import prompt_options, s3_from, s3_options
 
 
 def _interrupt(signum, frame):
@@ -66,11 +66,12 @@ def _executor_factory(kind: str, worker, ray_config):
 @click.option("--label", "labels", multiple=True, metavar="COLUMN",
               help="Carry COLUMN through as a label even though its name looks like a misspelt manifest "
                    "column (repeatable). Columns named label_* or a 'labels' column are labels anyway.")
+@prompt_options
 @s3_options
 @click.pass_context
 def run(ctx, manifest, model, out, executor, address, actors, gpus_per_actor, device, dtype, batch_size,
         shard_size, shard_retries, actor_restarts, shared_fs, overwrite, image_format, quality, layout, refiner, labels,
-        s3_endpoint_url, s3_path_style, s3_retries) -> None:
+        prompt_syntax, embeddings, lora_dir, s3_endpoint_url, s3_path_style, s3_retries) -> None:
     """Generate one image (or one error row) for every row of MANIFEST.
 
     Running the same command again resumes: committed shards are skipped.
@@ -89,12 +90,13 @@ def run(ctx, manifest, model, out, executor, address, actors, gpus_per_actor, de
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     worker = WorkerConfig(device=device, dtype=None if dtype == "auto" else dtype, batch_size=batch_size,
-                          output=output, s3=s3_from(s3_endpoint_url, s3_path_style, s3_retries), refiner=refiner)
+                          output=output, s3=s3_from(s3_endpoint_url, s3_path_style, s3_retries), refiner=refiner,
+                          embeddings=tuple(embeddings), lora_dir=lora_dir)
     ray_config = RayConfig(address=address, actors=actors, gpus_per_actor=gpus_per_actor,
                            shard_retries=shard_retries, actor_restarts=actor_restarts, shared_fs=shared_fs,
                            verbose=verbose > 0)
     request = RunRequest(manifest=manifest, out=out, model=model, worker=worker, shard_size=shard_size,
-                         overwrite=overwrite, labels=labels)
+                         overwrite=overwrite, labels=labels, prompt_syntax=prompt_syntax)
     signal.signal(signal.SIGTERM, _interrupt)  # a preempted pod stops as cleanly as Ctrl-C
     try:
         summary = run_job(request, _executor_factory(executor, worker, ray_config), executor)

@@ -17,10 +17,12 @@ from sdbatch.manifests.problems import ManifestError
 from sdbatch.manifests.source import open_manifest
 
 from .executor import ExecutionResult, Executor, ExecutorStopped, ShardTracker
+from .adapter_files import AdapterError, LoraFiles
 from .layouts import warn_about_split_words
 from .model_columns import check_models
 from .outdir import DamagedOutput, JobPlan, OutputFolder, OutputOptions
 from .planning import ShardPlanner, plan_manifest
+from .prompt_columns import check_adapters
 from .progress import Progress
 from .storage import StorageError, open_storage
 from .worker_config import WorkerConfig
@@ -43,6 +45,7 @@ class RunRequest:
     shard_size: int = 1000
     overwrite: bool = False
     labels: Sequence[str] = ()  # manifest columns declared labels (never read as a misspelt column)
+    prompt_syntax: str = "plain"  # how rows that name no prompt_syntax read their prompts
 
 
 # (the output folder, the models the job's rows name) -> the executor that runs its shards
@@ -81,7 +84,7 @@ class Summary:
 
 def _plan(request: RunRequest, folder: OutputFolder, staging) -> tuple[JobPlan, ShardPlanner]:
     planned = plan_manifest(open_manifest(request.manifest, request.worker.s3), request.model, request.shard_size,
-                            staging, labels=request.labels)
+                            staging, labels=request.labels, prompt_syntax=request.prompt_syntax)
     planner, shards = planned.planner, planned.shards
     for note in planned.report.notes:
         log.warning("%s: %s", request.manifest, note)
@@ -91,6 +94,13 @@ def _plan(request: RunRequest, folder: OutputFolder, staging) -> tuple[JobPlan, 
     models = {name: location.fingerprint for name, location in checked.locations.items()}
     if checked.refiner is not None:
         models[f"--refiner {checked.refiner.name}"] = checked.refiner.fingerprint
+    try:
+        adapters = check_adapters(planner.adapters, LoraFiles(request.worker.lora_dir, request.worker.s3),
+                                  list(request.worker.embeddings))
+    except AdapterError as exc:
+        raise JobRefused(str(exc)) from None
+    adapters.raise_if_refused()
+    models.update(adapters.fingerprints())  # LoRA and embedding files: a resume refuses a changed one
     output = request.worker.output
     options = OutputOptions(dtype=request.worker.dtype or "auto", shard_size=request.shard_size,
                             layout=output.layout, image_format=output.image.name,
@@ -137,8 +147,9 @@ def _publish_inputs(folder: OutputFolder, plan: JobPlan, planner: ShardPlanner) 
 
 
 def models_to_load(plan: JobPlan, worker: WorkerConfig) -> list[str]:
-    """Every model the job's rows name, and the refiner: each worker loads them all at start."""
-    return sorted(name for name in plan.models if not name.startswith("--refiner ")) + \
+    """Every model the job's rows name, and the refiner: each worker loads them all at start. (The
+    plan's other entries, ``--refiner``, ``--lora`` and ``--embedding``, are files it fingerprints.)"""
+    return sorted(name for name in plan.models if not name.startswith("--")) + \
         ([worker.refiner] if worker.refiner else [])
 
 

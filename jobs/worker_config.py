@@ -20,3 +20,5 @@ class WorkerConfig:
     output: OutputSpec = field(default_factory=OutputSpec)
     s3: S3Options = field(default_factory=S3Options)  # for s3:// image cells and outputs
     refiner: str | None = None  # the SDXL model that takes over rows with a refiner_start
+    embeddings: tuple[str, ...] = ()  # --embedding PATH_OR_HUB_ID[:TOKEN], loaded into every model
+    lora_dir: str | None = None  # where LoRA names are found (local or s3://)

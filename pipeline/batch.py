@@ -16,6 +16,7 @@ class LoraWeight:
     path: str
     weight: float
     sha256: str
+    name: str = ""  # as the row named it (for the record; the adapter is the file)
 
 
 @dataclass(frozen=True)
