@@ -122,6 +122,7 @@ def validate(manifest: str, model: str, refiner: str | None, batch_size: int, sh
             click.echo(f"error: {exc}", err=True)
             sys.exit(exit_codes.REFUSED)
         report.problems = checked.unusable + checked.problems + adapters_checked.problems
+        report.notes += adapters_checked.notes
         shown = [f"{name} ({loc.kind}, {'SDXL' if loc.family == 'sdxl' else 'SD 1.x/2.x'})"
                  for name, loc in checked.locations.items()]
         models_line = f"models: {', '.join(shown) or 'none'}"

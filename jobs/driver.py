@@ -100,6 +100,8 @@ def _plan(request: RunRequest, folder: OutputFolder, staging) -> tuple[JobPlan, 
     except AdapterError as exc:
         raise JobRefused(str(exc)) from None
     adapters.raise_if_refused()
+    for note in adapters.notes:
+        log.warning("%s: %s", request.manifest, note)
     models.update(adapters.fingerprints())  # LoRA and embedding files: a resume refuses a changed one
     output = request.worker.output
     options = OutputOptions(dtype=request.worker.dtype or "auto", shard_size=request.shard_size,

@@ -1,7 +1,9 @@
 """What a manifest's rows ask of the job's adapters, checked before any work: every LoRA a row
-names must resolve to a safetensors file (``adapter_files``), and every textual-inversion token a
-prompt writes as ``<token>`` must be one an ``--embedding`` gives. ``validate`` and ``run`` both
-refuse what does not, naming the column and rows.
+names must resolve to a safetensors file (``adapter_files``), and in a job with embeddings every
+textual-inversion token a prompt writes as ``<token>`` must be one an ``--embedding`` gives (a typo
+would silently be read as letters). ``validate`` and ``run`` both refuse what does not, naming the
+column and rows. In a job without embeddings such words are text (prompts hold ``<b>`` and the
+like), and only noted.
 
 ``AdapterUsage`` watches the validating pass (``validate_source``'s ``on_batch``), as
 ``ModelColumnUsage`` does: per LoRA name and per token, the rows that use it.
@@ -65,6 +67,7 @@ class AdapterCheck:
     loras: dict[str, AdapterFile]  # every LoRA name the rows use, resolved
     embeddings: list[EmbeddingFile]
     problems: list[Problem]
+    notes: list[str] = field(default_factory=list)
 
     def fingerprints(self) -> dict[str, str]:
         """Plan entries (next to the models'): each file's content, so a resume refuses a change."""
@@ -88,7 +91,7 @@ def check_adapters(usage: AdapterUsage, loras: LoraFiles, embeddings: list[str])
         if f.token in seen:
             raise AdapterError(f"--embedding {f.spec} and --embedding {seen[f.token]} give the same token {f.token}")
         seen[f.token] = f.spec
-    resolved, problems = {}, []
+    resolved, problems, notes = {}, [], []
     for name in usage.lora_names:
         try:
             resolved[name] = loras.resolve(name)
@@ -97,8 +100,14 @@ def check_adapters(usage: AdapterUsage, loras: LoraFiles, embeddings: list[str])
             problem.reason = str(exc)
             problems.append(problem)
     for (column, token), problem in sorted(usage.token_rows.items()):
-        if token not in tokens:
-            given = f" (--embedding gives {', '.join(sorted(tokens))})" if tokens else " (no --embedding given)"
-            problem.reason = f"unknown embedding token {token}{given}"
-            problems.append(problem)
-    return AdapterCheck(resolved, files, problems)
+        if token in tokens:
+            continue
+        if not tokens:
+            if len(notes) < 3:
+                notes.append(f"column '{column}', {problem.count:,} row(s): {token} is read as text "
+                             "(no --embedding gives it)")
+            continue
+        problem.reason = (f"unknown embedding token {token} (--embedding gives {', '.join(sorted(tokens))}; "
+                          "write other text without angle brackets)")
+        problems.append(problem)
+    return AdapterCheck(resolved, files, problems, notes)

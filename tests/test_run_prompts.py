@@ -93,12 +93,16 @@ def test_validate_and_run_refuse_what_cannot_run_naming_column_and_rows(tmp_path
                     "--embedding", tiny_adapters["embedding"])
     assert result.exit_code == 2, result.output
     assert "column 'loras', row 3 (1 row): unknown LoRA 'missing'" in result.output
-    assert f"column 'prompt', row 2 (1 row): unknown embedding token <no-such-token> (--embedding gives {TOKEN})" \
+    assert f"column 'prompt', row 2 (1 row): unknown embedding token <no-such-token> (--embedding gives {TOKEN}" \
         in result.output
     run = invoke("run", str(good_syntax), "--model", tiny_base, "--out", str(tmp_path / "out"), "--executor", "local",
                  "--lora-dir", tiny_adapters["loras"], "--embedding", tiny_adapters["embedding"])
     assert run.exit_code == 2 and "unknown LoRA 'missing'" in run.output and "<no-such-token>" in run.output
     assert not (tmp_path / "out" / "images").exists()
+    # without embeddings, <...> in a prompt is text (prompts hold <b> and the like): noted, not refused
+    html = write_manifest(tmp_path / "html.parquet", {"prompt": ["an owl <b>bold</b>"]})
+    result = invoke("validate", str(html), "--model", tiny_base)
+    assert result.exit_code == 0 and "note: column 'prompt', 1 row(s): <b> is read as text" in result.output
 
 
 def stock_lora_image(folder: str, lora: str | None, weight: float, row: dict, steps: int) -> np.ndarray:
