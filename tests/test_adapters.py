@@ -8,12 +8,22 @@ import hashlib
 from dataclasses import replace
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from conftest import invoke, stock_row_kwargs, to_uint8
+from conftest import invoke, stock_row_kwargs, to_uint8, write_manifest
+from sdbatch.jobs.outdir import OutputFolder
+from sdbatch.jobs.planning import plan_manifest
+from sdbatch.jobs.storage import LocalStorage
+from sdbatch.jobs.worker import ShardWorker
+from sdbatch.jobs.worker_config import WorkerConfig
+from sdbatch.manifests.source import open_manifest
 from sdbatch.pipeline.adapters import load_embedding
 from sdbatch.pipeline.batch import LoraWeight
 from sdbatch.pipeline.engine import BatchedEngine, BatchSettings, RowInput
@@ -141,3 +151,42 @@ def test_tiny_lora_command_writes_a_lora_diffusers_loads(tmp_path, tiny_base):
     pipe = stock_pipe(StableDiffusionPipeline, tiny_base)
     pipe.load_lora_weights(str(path), adapter_name="style")
     assert "style" in pipe.get_list_adapters()["unet"]
+
+
+def test_one_shard_of_lora_groups_in_any_row_order_equals_stock(tmp_path, tiny_base, tiny_adapters):
+    """A shard whose rows interleave two LoRA groups and a no-LoRA group (the planner never makes
+    one, but a worker must not care): every row equals stock, and the worker runs the groups so
+    that the adapters change twice, not once per interleaving."""
+    groups = ["lora-a:0.7", None, "lora-b:1.2"] * 2
+    manifest = write_manifest(tmp_path / "m.parquet", {
+        "id": [f"r{i}" for i in range(6)], "prompt": [f"a red fox {i}" for i in range(6)],
+        "seed": pa.array(range(6), pa.uint64()), "steps": [STEPS] * 6, "scheduler": ["ddim"] * 6, "loras": groups})
+    storage = LocalStorage(tmp_path / "out")
+    folder = OutputFolder(storage)
+    planned = plan_manifest(open_manifest(str(manifest)), tiny_base, 1000, storage.staging_folder())
+    one = tmp_path / "one-shard.parquet"
+    pq.write_table(pa.concat_tables([pq.read_table(planned.planner.staged_file(s.name)) for s in planned.shards]).sort_by(
+        "row_index"), one)
+    folder.move_inputs_in("00000", one)
+    worker = ShardWorker(folder, WorkerConfig(device="cpu", batch_size=4, lora_dir=tiny_adapters["loras"]))
+    try:
+        worker.load([tiny_base])
+        stats = list(worker.run_shard("00000"))[-1]
+    finally:
+        worker.close()
+    assert stats.ok == 6
+    assert worker.engine(tiny_base).adapters.switches == 2  # none, then a, then b
+    rows = {r["id"]: r for r in ds.dataset(str(tmp_path / "out" / "metadata"), format="parquet").to_table().to_pylist()}
+    pipe = stock_pipe(StableDiffusionPipeline, tiny_base)
+    pipe.load_lora_weights(tiny_adapters["lora-a"], adapter_name="a")
+    pipe.load_lora_weights(tiny_adapters["lora-b"], adapter_name="b")
+    for adapter, weight, ids in (("a", 0.7, ("r0", "r3")), (None, 0, ("r1", "r4")), ("b", 1.2, ("r2", "r5"))):
+        if adapter:
+            pipe.enable_lora()
+            pipe.set_adapters([adapter], adapter_weights=[weight])
+        else:
+            pipe.disable_lora()
+        for row_id in ids:
+            row = RowInput(rows[row_id]["prompt"], seed=rows[row_id]["seed"])
+            got = np.asarray(Image.open(tmp_path / "out" / rows[row_id]["image"]).convert("RGB"))
+            assert_close(got, stock_image(pipe, row))
