@@ -51,11 +51,7 @@ def load_embedding(model: LoadedModel, path: str, token: str) -> list[str]:
         raise ValueError(f"embedding {path}: expected one tensor or SDXL's clip_l and clip_g, found "
                          f"{', '.join(sorted(state)[:5])}")
     widths = {name: enc.get_input_embeddings().weight.shape[-1] for name, _, enc in encoders}
-    for name, tok, enc, vector in targets:
-        if enc.get_input_embeddings().weight.shape[-1] != vector.shape[-1]:
-            targets = []
-            break
-    if not targets:
+    if not targets or any(widths[name] != vector.shape[-1] for name, _, _, vector in targets):
         shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in state.items())
         raise ValueError(f"embedding {path} ({shapes}) fits none of model {model.name}'s text encoders "
                          f"(widths: {', '.join(f'{n} {w}' for n, w in widths.items())})")

@@ -123,13 +123,16 @@ class PromptEncoder:
         return TextFacts(None, False)
 
     # -- encoding -------------------------------------------------------------------------------
-    @torch.inference_mode()
     def encode(self, requests) -> dict[TextRequest, Encoded]:
-        """Each distinct request's embeddings."""
+        """Each distinct request's embeddings: a batch's texts (``padding`` may follow for them)."""
+        self._compel = None  # built afresh per batch: adapters may have changed the encoder since
+        return self._encode(requests)
+
+    @torch.inference_mode()
+    def _encode(self, requests) -> dict[TextRequest, Encoded]:
         unique = list(dict.fromkeys(requests))
         for request in unique:
             self.check(request)
-        self._compel = None  # built afresh per batch: adapters may have changed the encoder since
         out: dict[TextRequest, Encoded] = {}
         by_kind: dict[tuple[str, int | None], list[TextRequest]] = {}
         for request in unique:
@@ -147,7 +150,7 @@ class PromptEncoder:
         if request.syntax == "compel":
             return self._compel_for().conditioning_provider.empty_z[0].to(device=self.device, dtype=self.dtype)
         empty = TextRequest("", request.syntax, request.clip_skip)
-        return self.encode([empty])[empty].hidden
+        return self._encode([empty])[empty].hidden
 
     # -- plain ----------------------------------------------------------------------------------
     def _convert(self, text: str) -> str:
