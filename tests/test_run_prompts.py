@@ -177,3 +177,23 @@ def test_syntaxes_embeddings_and_clip_skip_through_run(tmp_path, tiny_base, tiny
     assert (meta["long"]["prompt_tokens"], meta["long"]["truncated"]) == (100, True)
     assert meta["emb"]["truncated"] is False and meta["compel"]["prompt_syntax"] == "compel"
     assert "Clip skip: 2" in Image.open(out / meta["emb"]["image"]).info["parameters"]
+
+
+def test_lora_names_resolve_in_an_s3_lora_dir_and_pickles_are_refused(tmp_path, tiny_adapters, endpoint, client,
+                                                                         bucket):
+    from conftest import put
+    from sdbatch.jobs.adapter_files import AdapterError, LoraFiles
+    from sdbatch.manifests.remote import S3Options
+
+    data = Path(tiny_adapters["lora-a"]).read_bytes()
+    put(client, bucket, "loras/style.safetensors", data)
+    found = LoraFiles(f"s3://{bucket}/loras", S3Options(endpoint_url=endpoint)).resolve("style")
+    assert Path(found.path).read_bytes() == data and found.sha256 == hashlib.sha256(data).hexdigest()
+    with pytest.raises(AdapterError, match="unknown LoRA 'other'"):
+        LoraFiles(f"s3://{bucket}/loras", S3Options(endpoint_url=endpoint)).resolve("other")
+    (tmp_path / "old.ckpt").write_bytes(b"not a safetensors file")
+    with pytest.raises(AdapterError, match="safetensors only"):
+        LoraFiles(str(tmp_path)).resolve("old")
+    (tmp_path / "fake.safetensors").write_bytes(b"garbage")
+    with pytest.raises(AdapterError, match="not a safetensors file"):
+        LoraFiles(str(tmp_path)).resolve("fake")
