@@ -72,7 +72,7 @@ class LoraAdapters:
         self.model = model
         self.capacity = max(1, capacity)
         self.loaded: OrderedDict[str, None] = OrderedDict()  # least recently used first
-        self.active: tuple[tuple[str, float], ...] = ()
+        self.active: tuple[tuple[str, float], ...] | None = ()  # None: unknown (a load failed)
         self.switches = 0  # times the active set changed (a cost worth keeping low)
 
     def activate(self, loras: tuple[LoraWeight, ...]) -> None:
@@ -91,19 +91,35 @@ class LoraAdapters:
                 self.loaded.move_to_end(name)
                 continue
             self._evict(keep=set(weights), limit=self.capacity - 1)
-            from safetensors.torch import load_file
-
-            pipe.load_lora_weights(load_file(lora.path), adapter_name=name)
-            self.loaded[name] = None
+            self._load(lora, name)
             log.info("loaded LoRA %s as adapter %s on %s", lora.path, name, self.model.name)
         self._evict(keep=set(weights), limit=self.capacity)
         if wanted:
             pipe.enable_lora()
             pipe.set_adapters([n for n, _ in wanted], adapter_weights=[w for _, w in wanted])
-        elif self.loaded:
+        elif self.loaded or self.active is None:
             pipe.disable_lora()
         self.active = wanted
         self.switches += 1
+
+    def _load(self, lora: LoraWeight, name: str) -> None:
+        """Load one LoRA file as adapter ``name``. A file that does not fit the model (another
+        family's LoRA) is removed again, whatever part of it got in, and the next ``activate``
+        sets every adapter afresh: no half-loaded adapter lingers into later batches."""
+        from safetensors.torch import load_file
+
+        pipe = self.model.pipe
+        try:
+            pipe.load_lora_weights(load_file(lora.path), adapter_name=name)
+        except Exception as exc:  # noqa: BLE001 - any failure must leave the model as it was
+            self.active = None  # unknown: set afresh next time
+            try:
+                pipe.delete_adapters([name])
+            except Exception:  # noqa: BLE001 - it may never have got in
+                pass
+            raise ValueError(f"LoRA {lora.name or lora.path} does not fit model {self.model.name}: "
+                             f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from exc
+        self.loaded[name] = None
 
     def _evict(self, keep: set[str], limit: int) -> None:
         """Drop least recently used adapters not in ``keep`` until at most ``limit`` are loaded."""

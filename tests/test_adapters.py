@@ -190,3 +190,11 @@ def test_one_shard_of_lora_groups_in_any_row_order_equals_stock(tmp_path, tiny_b
             row = RowInput(rows[row_id]["prompt"], seed=rows[row_id]["seed"])
             got = np.asarray(Image.open(tmp_path / "out" / rows[row_id]["image"]).convert("RGB"))
             assert_close(got, stock_image(pipe, row))
+
+
+def test_a_lora_of_another_family_fails_its_batch_and_leaves_the_model_clean(tiny_base, tiny_adapters):
+    engine = BatchedEngine(load_model(tiny_base, "cpu", "fp32"))
+    before = engine.generate(SETTINGS, ROWS[1:]).images
+    with pytest.raises(ValueError, match="does not fit model"):
+        engine.generate(replace(SETTINGS, loras=(lora(tiny_adapters["lora-xl"], 1.0),)), ROWS[1:])
+    assert np.array_equal(engine.generate(SETTINGS, ROWS[1:]).images, before)

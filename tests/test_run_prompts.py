@@ -5,8 +5,6 @@ stock diffusers' images, metadata says how each row was made, and a resume refus
 from __future__ import annotations
 
 import hashlib
-import json
-import shutil
 from pathlib import Path
 
 import numpy as np
