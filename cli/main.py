@@ -8,7 +8,7 @@ import click
 
 from . import logs
 from .manifest_commands import sweep, validate
-from .model_commands import tiny_model
+from .model_commands import tiny_embedding, tiny_lora, tiny_model
 from .output_commands import status, verify
 from .report_command import report
 from .run_command import run
@@ -31,7 +31,7 @@ def main(ctx: click.Context, verbose: int) -> None:
     logs.configure(verbose)
 
 
-for command in (run, validate, sweep, status, verify, report, tiny_model):
+for command in (run, validate, sweep, status, verify, report, tiny_model, tiny_lora, tiny_embedding):
     main.add_command(command)
 
 

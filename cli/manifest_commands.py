@@ -9,7 +9,7 @@ import click
 import pyarrow as pa
 
 from sdbatch.manifests.problems import ManifestError
-from sdbatch.manifests.schema import SEED_MAX, STEPS_RANGE
+from sdbatch.manifests.schema import CLIP_SKIP_RANGE, SEED_MAX, STEPS_RANGE
 from sdbatch.manifests.source import open_manifest
 from sdbatch.manifests.sweep import (
     Axis,
@@ -17,6 +17,7 @@ from sdbatch.manifests.sweep import (
     output_format,
     parse_float_list,
     parse_int_list,
+    parse_lora_sets,
     parse_sizes,
     plan_sweep,
     read_prompts_file,
@@ -25,7 +26,7 @@ from sdbatch.manifests.sweep import (
 from sdbatch.manifests.validate import ManifestReport, known_schedulers, validate_source
 
 from . import exit_codes
-from .options import s3_from, s3_options
+from .options import prompt_options, s3_from, s3_options
 
 DEFAULT_MAX_ROWS = 100_000
 
@@ -85,27 +86,41 @@ def format_report(report: ManifestReport, batch_size: int, shard_size: int) -> l
               help="Carry COLUMN through as a label even though its name looks like a misspelt manifest "
                    "column (repeatable). Columns named label_* or a 'labels' struct column are labels "
                    "without it.")
+@prompt_options
 @s3_options
 def validate(manifest: str, model: str, refiner: str | None, batch_size: int, shard_size: int,
-             labels: tuple[str, ...], s3_endpoint_url, s3_path_style, s3_retries) -> None:
+             labels: tuple[str, ...], prompt_syntax: str, embeddings: tuple[str, ...], lora_dir: str | None,
+             s3_endpoint_url, s3_path_style, s3_retries) -> None:
     """Check every row of MANIFEST (a Parquet, CSV, TSV or JSON Lines file, folder or glob) and the
     models its rows name, and print a short report.
 
     Exits 0 when the manifest can run, 2 when run would refuse it.
     """
+    from sdbatch.jobs.adapter_files import AdapterError, LoraFiles
     from sdbatch.jobs.model_columns import ModelColumnUsage, check_models
+    from sdbatch.jobs.prompt_columns import AdapterUsage, check_adapters
 
-    usage = ModelColumnUsage()
+    usage, adapters = ModelColumnUsage(), AdapterUsage()
+
+    s3 = s3_from(s3_endpoint_url, s3_path_style, s3_retries)
     try:
-        source = open_manifest(manifest, s3_from(s3_endpoint_url, s3_path_style, s3_retries))
-        report = validate_source(source, model, labels=labels, on_batch=usage.add)
+        source = open_manifest(manifest, s3)
+        report = validate_source(source, model, labels=labels, prompt_syntax=prompt_syntax,
+                                 checkers=[usage.add, adapters.add])
+        report.problems += adapters.row_problems()
     except ManifestError as exc:
         click.echo(f"error: manifest refused: {exc}", err=True)
         sys.exit(exit_codes.REFUSED)
     models_line = None
-    if not report.problems:  # the models, checked as run checks them (no weights read)
+    if not report.problems:  # the models, LoRAs and embeddings, checked as run checks them (no weights read)
         checked = check_models(usage, refiner)
-        report.problems = checked.unusable + checked.problems
+        try:
+            adapters_checked = check_adapters(adapters, LoraFiles(lora_dir, s3), list(embeddings))
+        except AdapterError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exit_codes.REFUSED)
+        report.problems = checked.unusable + checked.problems + adapters_checked.problems
+        report.notes += adapters_checked.notes
         shown = [f"{name} ({loc.kind}, {'SDXL' if loc.family == 'sdxl' else 'SD 1.x/2.x'})"
                  for name, loc in checked.locations.items()]
         models_line = f"models: {', '.join(shown) or 'none'}"
@@ -118,7 +133,8 @@ def validate(manifest: str, model: str, refiner: str | None, batch_size: int, sh
 
 
 _AXIS_ALIASES = {"prompts": "prompt", "seed": "seeds", "negative_prompt": "negative-prompt",
-                 "guidance_scale": "guidance", "sizes": "size", "schedulers": "scheduler"}
+                 "guidance_scale": "guidance", "sizes": "size", "schedulers": "scheduler", "lora": "loras",
+                 "clip_skip": "clip-skip"}
 
 
 def _axis_name(name: str) -> str:
@@ -127,7 +143,8 @@ def _axis_name(name: str) -> str:
     return _AXIS_ALIASES.get(name, name)
 
 
-def _axes(prompt, prompts_file, negative_prompt, seeds, guidance, steps, scheduler, size, strength) -> list[Axis]:
+def _axes(prompt, prompts_file, negative_prompt, seeds, guidance, steps, scheduler, size, strength, loras=(),
+          clip_skip=()) -> list[Axis]:
     axes = []
     if prompt or prompts_file:
         parts = [pa.table({"prompt": pa.array(list(prompt), pa.string())})] if prompt else []
@@ -152,6 +169,11 @@ def _axes(prompt, prompts_file, negative_prompt, seeds, guidance, steps, schedul
         axes.append(Axis("size", {"width": pa.array(widths, pa.int64()), "height": pa.array(heights, pa.int64())}))
     if strength:
         axes.append(Axis("strength", {"strength": pa.array(parse_float_list("--strength", strength), pa.float64())}))
+    if loras:
+        axes.append(Axis("loras", {"loras": pa.array(parse_lora_sets("--loras", loras), pa.string())}))
+    if clip_skip:
+        values = parse_int_list("--clip-skip", clip_skip, *CLIP_SKIP_RANGE)
+        axes.append(Axis("clip-skip", {"clip_skip": pa.array(values, pa.int64())}))
     return axes
 
 
@@ -174,13 +196,18 @@ def _axes(prompt, prompts_file, negative_prompt, seeds, guidance, steps, schedul
 @click.option("--scheduler", multiple=True, help="Scheduler names, e.g. ddim,euler_a.")
 @click.option("--size", multiple=True, help="Sizes WIDTHxHEIGHT, e.g. 512x512,768x512.")
 @click.option("--strength", multiple=True, help="Strengths in (0, 1], e.g. 0.5,0.8.")
+@click.option("--loras", multiple=True, metavar="SET",
+              help="A set of LoRAs per option, name:weight[,name:weight...]; a weight may be a range "
+                   "START..STOP/STEP (one set per weight), 'none' is no LoRA. E.g. --loras none "
+                   "--loras style:0.2..1.0/0.2.")
+@click.option("--clip-skip", multiple=True, help="clip_skip values (diffusers' count), e.g. 0,1,2.")
 @click.option("--zip", "zips", multiple=True,
               help="Axes paired element by element instead of crossed, e.g. --zip seeds,guidance "
                    "(repeatable; one group per option).")
 @click.option("--max-rows", type=click.IntRange(min=1), default=DEFAULT_MAX_ROWS, show_default=True,
               help="Refuse a sweep with more rows than this (raise it to write a bigger one).")
 def sweep(out, force, id_template, prompt, prompts_file, negative_prompt, seeds, guidance, steps, scheduler,
-          size, strength, zips, max_rows) -> None:
+          size, strength, loras, clip_skip, zips, max_rows) -> None:
     """Write a manifest whose rows are the cartesian product of the given axes.
 
     Exits 0 when written, 2 when refused (bad options, an existing OUT without --force, ids that
@@ -188,7 +215,8 @@ def sweep(out, force, id_template, prompt, prompts_file, negative_prompt, seeds,
     """
     try:
         fmt = output_format(out, force)
-        axes = _axes(prompt, prompts_file, negative_prompt, seeds, guidance, steps, scheduler, size, strength)
+        axes = _axes(prompt, prompts_file, negative_prompt, seeds, guidance, steps, scheduler, size, strength,
+                     loras, clip_skip)
         groups = [[_axis_name(n) for n in z.split(",") if n.strip()] for z in zips]
         plan = plan_sweep(axes, groups, known_schedulers(), id_template)
     except SweepError as exc:

@@ -22,3 +22,22 @@ def s3_options(command):
 
 def s3_from(s3_endpoint_url: str | None, s3_path_style: bool, s3_retries: int) -> S3Options:
     return S3Options(endpoint_url=s3_endpoint_url, path_style=s3_path_style, retries=s3_retries)
+
+
+def prompt_options(command):
+    """--prompt-syntax, --embedding and --lora-dir: what run and validate read prompts with."""
+    from sdbatch.manifests.schema import PROMPT_SYNTAXES
+
+    command = click.option("--lora-dir", default=None, metavar="DIR",
+                           help="Folder (local or s3://) where the loras column's names are found as "
+                                "NAME.safetensors; a name may also be a path, an s3:// URI or a hub id.")(command)
+    command = click.option("--embedding", "embeddings", multiple=True, metavar="PATH_OR_HUB_ID[:TOKEN]",
+                           help="Textual-inversion embedding (safetensors) loaded into every model; prompts "
+                                "write its TOKEN (default: the file's own, else its name), e.g. <my-style>. "
+                                "Repeatable.")(command)
+    command = click.option("--prompt-syntax", type=click.Choice(PROMPT_SYNTAXES), default="plain",
+                           show_default=True,
+                           help="How prompts are read where a row's prompt_syntax is empty: plain (as stock "
+                                "diffusers: 77 tokens), a1111 ((word:1.3), [word], BREAK, any length, "
+                                "<lora:name:weight>) or compel.")(command)
+    return command

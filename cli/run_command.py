@@ -17,7 +17,7 @@ import click
 from sdbatch.jobs.image_cells import DEFAULT_MAX_IMAGE_BYTES
 
 from . import exit_codes
-from .options import s3_from, s3_options
+from .options import prompt_options, s3_from, s3_options
 
 
 def _interrupt(signum, frame):
@@ -122,11 +122,13 @@ def _print_dry_run(found, batch_size: int) -> None:
 @click.option("--dry-run", is_flag=True,
               help="Validate, plan and check the models as run does, print the plan, and write nothing to "
                    "--out. Exits 0 when run would start, 2 when it would refuse.")
+@prompt_options
 @s3_options
 @click.pass_context
 def run(ctx, manifest, model, out, executor, address, actors, gpus_per_actor, device, dtype, batch_size,
         shard_size, shard_retries, actor_restarts, shared_fs, overwrite, image_format, quality, layout, refiner, labels,
-        allow_paths, max_image_bytes, repair, dry_run, s3_endpoint_url, s3_path_style, s3_retries) -> None:
+        allow_paths, max_image_bytes, repair, dry_run, prompt_syntax, embeddings, lora_dir, s3_endpoint_url,
+        s3_path_style, s3_retries) -> None:
     """Generate one image (or one error row) for every row of MANIFEST.
 
     Running the same command again resumes: committed shards are skipped, and rows that failed for
@@ -147,12 +149,14 @@ def run(ctx, manifest, model, out, executor, address, actors, gpus_per_actor, de
         raise click.UsageError(str(exc)) from None
     s3 = s3_from(s3_endpoint_url, s3_path_style, s3_retries)
     worker = WorkerConfig(device=device, dtype=None if dtype == "auto" else dtype, batch_size=batch_size,
-                          output=output, s3=s3, refiner=refiner, max_image_bytes=max_image_bytes)
+                          output=output, s3=s3, refiner=refiner, max_image_bytes=max_image_bytes,
+                          embeddings=tuple(embeddings), lora_dir=lora_dir)
     ray_config = RayConfig(address=address, actors=actors, gpus_per_actor=gpus_per_actor,
                            shard_retries=shard_retries, actor_restarts=actor_restarts, shared_fs=shared_fs,
                            verbose=verbose > 0)
     request = RunRequest(manifest=manifest, out=out, model=model, worker=worker, shard_size=shard_size,
-                         overwrite=overwrite, labels=labels, allow_paths=allow_paths, repair=repair)
+                         overwrite=overwrite, labels=labels, allow_paths=allow_paths, repair=repair,
+                         prompt_syntax=prompt_syntax)
     signal.signal(signal.SIGTERM, _interrupt)  # a preempted pod stops as cleanly as Ctrl-C
     try:
         if dry_run:

@@ -28,11 +28,13 @@ from sdbatch.manifests.remote import is_s3_uri
 from sdbatch.manifests.source import open_manifest
 
 from .executor import ExecutionResult, Executor, ExecutorStopped, ShardTracker
+from .adapter_files import AdapterError, LoraFiles
 from .layouts import warn_about_split_words
 from .lease import Lease, LeaseHeld
 from .model_columns import ModelCheck, check_models
 from .outdir import PLAN, DamagedOutput, JobPlan, OutputFolder, OutputOptions
 from .planning import PlannedManifest, ShardPlanner, plan_manifest
+from .prompt_columns import check_adapters
 from .progress import Progress
 from .storage import StorageError, open_storage
 from .worker_config import WorkerConfig
@@ -57,6 +59,7 @@ class RunRequest:
     labels: Sequence[str] = ()  # manifest columns declared labels (never read as a misspelt column)
     allow_paths: Sequence[str] = ()  # --allow-path: local folders image cells may name, besides the manifest's
     repair: bool = False  # --repair: check every committed shard as verify does, redo the damaged ones
+    prompt_syntax: str = "plain"  # how rows that name no prompt_syntax read their prompts
 
 
 # (the output folder, the models the job's rows name, how workers run) -> the executor of its shards
@@ -115,7 +118,8 @@ def _plan(request: RunRequest, staging, models_as_problems: bool = False) -> _Pl
     refused with ``ModelLoadError`` for a model that cannot be used (``models_as_problems``: a
     ``ManifestError`` naming the rows, as ``validate`` reports it) or ``ManifestError``."""
     source = open_manifest(request.manifest, request.worker.s3)
-    planned = plan_manifest(source, request.model, request.shard_size, staging, labels=request.labels)
+    planned = plan_manifest(source, request.model, request.shard_size, staging, labels=request.labels,
+                            prompt_syntax=request.prompt_syntax)
     planner, shards = planned.planner, planned.shards
     for note in planned.report.notes:
         log.warning("%s: %s", request.manifest, note)
@@ -127,6 +131,15 @@ def _plan(request: RunRequest, staging, models_as_problems: bool = False) -> _Pl
     models = {name: location.fingerprint for name, location in checked.locations.items()}
     if checked.refiner is not None:
         models[f"--refiner {checked.refiner.name}"] = checked.refiner.fingerprint
+    try:
+        adapters = check_adapters(planner.adapters, LoraFiles(request.worker.lora_dir, request.worker.s3),
+                                  list(request.worker.embeddings))
+    except AdapterError as exc:
+        raise JobRefused(str(exc)) from None
+    adapters.raise_if_refused()
+    for note in adapters.notes:
+        log.warning("%s: %s", request.manifest, note)
+    models.update(adapters.fingerprints())  # LoRA and embedding files: a resume refuses a changed one
     output = request.worker.output
     options = OutputOptions(dtype=request.worker.dtype or "auto", shard_size=request.shard_size,
                             layout=output.layout, image_format=output.image.name,
@@ -191,8 +204,9 @@ def _publish_inputs(folder: OutputFolder, plan: JobPlan, planner: ShardPlanner, 
 
 
 def models_to_load(plan: JobPlan, worker: WorkerConfig) -> list[str]:
-    """Every model the job's rows name, and the refiner: each worker loads them all at start."""
-    return sorted(name for name in plan.models if not name.startswith("--refiner ")) + \
+    """Every model the job's rows name, and the refiner: each worker loads them all at start. (The
+    plan's other entries, ``--refiner``, ``--lora`` and ``--embedding``, are files it fingerprints.)"""
+    return sorted(name for name in plan.models if not name.startswith("--")) + \
         ([worker.refiner] if worker.refiner else [])
 
 

@@ -22,13 +22,14 @@ Size rules (``width``/``height`` are the generated image's size):
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Hashable
 
 import numpy as np
 from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
 
+from sdbatch.manifests.loras import LoraSyntaxError, parse_loras
 from sdbatch.manifests.schema import (
     IMAGE_COLUMNS,
     IMAGE_MODES,
@@ -38,13 +39,15 @@ from sdbatch.manifests.schema import (
     SIZE_RANGE,
     GenerationRow,
 )
-from sdbatch.pipeline.batch import BatchSettings, RowInput
+from sdbatch.pipeline.batch import BatchSettings, LoraWeight, RowInput
+from sdbatch.pipeline.conditioning import text_facts
 from sdbatch.pipeline.loading import LoadedModel
 from sdbatch.pipeline.families import check_row_fields
 from sdbatch.pipeline.modes import ModeError, check_model_supports, strength_steps
 from sdbatch.pipeline.refiner import check_refiner
 from sdbatch.pipeline.schedulers import SCHEDULER_NAMES
 
+from .adapter_files import AdapterError, LoraFiles
 from .image_cells import CellAccess, CellImage, ImageCellError, depth_values, load_cell_image
 from .records import InputTrace
 
@@ -102,8 +105,13 @@ class RowImages:
 
 
 def batch_key(ready: ReadyRow) -> Hashable:
-    """Rows with equal keys can share a batch: same model and effective settings."""
+    """Rows with equal keys can share a batch: same model and effective settings (LoRAs included)."""
     return ready.row.model, ready.settings
+
+
+def lora_order(ready: ReadyRow) -> str:
+    """Batches in a shard go in this order, so LoRA sets change as seldom as they can."""
+    return ready.row.loras or ""
 
 
 def describe(row: GenerationRow, exc: InputError) -> str:
@@ -181,9 +189,28 @@ def depth_array(depth: CellImage) -> np.ndarray:
     return (values - low) / (high - low)
 
 
+def lora_weights(row: GenerationRow, loras: LoraFiles | None) -> tuple[LoraWeight, ...]:
+    """The row's LoRAs as files on this machine (their names resolved with ``loras``)."""
+    try:
+        entries = parse_loras(row.loras)
+    except LoraSyntaxError as exc:
+        raise InputError("loras", f"{row.loras!r}: {exc}") from None
+    if entries and loras is None:
+        raise InputError("loras", "this worker has no LoRA resolver")
+    out = []
+    for name, weight in entries:
+        try:
+            found = loras.resolve(name)
+        except AdapterError as exc:
+            raise InputError("loras", str(exc), kind="model") from None
+        out.append(LoraWeight(found.path, weight, found.sha256, name))
+    return tuple(out)
+
+
 def make_ready(row: GenerationRow, images: RowImages, model: LoadedModel,
-               refiner: LoadedModel | None = None) -> ReadyRow:
-    """``refiner``: the model that takes over a row with a ``refiner_start``."""
+               refiner: LoadedModel | None = None, loras: LoraFiles | None = None) -> ReadyRow:
+    """``refiner``: the model that takes over a row with a ``refiner_start``; ``loras``: where the
+    row's LoRA names are found."""
     try:
         check_model_supports(model, row.mode, has_depth_map=images.depth is not None)
     except ModeError as exc:
@@ -201,13 +228,14 @@ def make_ready(row: GenerationRow, images: RowImages, model: LoadedModel,
         mask = resizer.resize(mask, height, width) if mask is not None else None
     settings = BatchSettings(width, height, row.steps, row.scheduler, row.mode,
                              row.strength if row.mode in IMAGE_MODES else BatchSettings.strength,
-                             refiner_start=row.refiner_start)
+                             refiner_start=row.refiner_start, loras=lora_weights(row, loras))
     depth = depth_array(images.depth) if images.depth else None
     row_input = RowInput(row.prompt, row.seed, row.guidance_scale, row.negative_prompt,
                          init_image=init, mask_image=mask, depth_map=depth,
                          guidance_rescale=row.guidance_rescale, prompt_2=row.prompt_2,
                          negative_prompt_2=row.negative_prompt_2, original_width=row.original_width,
-                         original_height=row.original_height, crop_top=row.crop_top, crop_left=row.crop_left)
+                         original_height=row.original_height, crop_top=row.crop_top, crop_left=row.crop_left,
+                         prompt_syntax=row.prompt_syntax, clip_skip=row.clip_skip)
     try:
         if row.refiner_start is not None:
             if refiner is None:
@@ -216,14 +244,19 @@ def make_ready(row: GenerationRow, images: RowImages, model: LoadedModel,
         check_row_fields(row_input, model, *([refiner] if row.refiner_start is not None else []))
     except ModeError as exc:
         raise InputError(exc.column, str(exc)) from None
-    return ReadyRow(row, settings, row_input, images.trace(resized))
+    facts = text_facts(row_input, model)
+    trace = replace(images.trace(resized), prompt_tokens=facts.tokens, truncated=facts.truncated,
+                    lora_files=tuple({"name": l.name, "weight": l.weight, "sha256": l.sha256}
+                                     for l in settings.loras) or None)
+    return ReadyRow(row, settings, row_input, trace)
 
 
 # -- the whole step ---------------------------------------------------------------------------
 def prepare_row(row: GenerationRow, model_for: Callable[[str], LoadedModel],
-                cells: CellAccess = CellAccess(), refiner: str | None = None) -> ReadyRow | FailedRow:
+                cells: CellAccess = CellAccess(), refiner: str | None = None,
+                loras: LoraFiles | None = None) -> ReadyRow | FailedRow:
     """``cells``: how image cells may be read; ``refiner``: the --refiner model's name (loaded
-    through ``model_for`` for rows that use it)."""
+    through ``model_for`` for rows that use it); ``loras``: where LoRA names are found."""
     images = RowImages()
     try:
         check_columns(row)
@@ -233,7 +266,7 @@ def prepare_row(row: GenerationRow, model_for: Callable[[str], LoadedModel],
             refined = model_for(refiner) if refiner and row.refiner_start is not None else None
         except Exception as exc:  # noqa: BLE001 - a model that cannot load fails its rows, not the job
             raise InputError("model", f"cannot load the model: {exc}", kind="model") from None
-        return make_ready(row, images, model, refined)
+        return make_ready(row, images, model, refined, loras)
     except InputError as exc:
         error = describe(row, exc)
         log.warning("%s", error)
@@ -241,7 +274,8 @@ def prepare_row(row: GenerationRow, model_for: Callable[[str], LoadedModel],
 
 
 def prepare_rows(rows: list[GenerationRow], model_for: Callable[[str], LoadedModel],
-                 cells: CellAccess = CellAccess(), refiner: str | None = None) -> list[ReadyRow | FailedRow]:
+                 cells: CellAccess = CellAccess(), refiner: str | None = None,
+                 loras: LoraFiles | None = None) -> list[ReadyRow | FailedRow]:
     """Prepare every row (image cells read as ``cells`` allows); a model that fails to load is
     tried once per call, not once per row."""
     failed: dict[str, Exception] = {}
@@ -255,4 +289,4 @@ def prepare_rows(rows: list[GenerationRow], model_for: Callable[[str], LoadedMod
             failed[name] = exc
             raise
 
-    return [prepare_row(row, cached, cells, refiner) for row in rows]
+    return [prepare_row(row, cached, cells, refiner, loras) for row in rows]

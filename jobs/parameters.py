@@ -6,7 +6,10 @@ AUTOMATIC1111 "infotext"), so an image opened anywhere tells how it was made::
     Steps: 20, Sampler: Euler a, CFG scale: 7.5, Seed: 1234, Size: 512x512, Model: ..., Version: sdbatch 0.1.0
 
 The last line is ``key: value`` pairs; a value with a comma, colon or newline is JSON-quoted, as
-those tools quote it. The negative prompt line is left out when there is none.
+those tools quote it. The negative prompt line is left out when there is none. A row's LoRAs are
+written as AUTOMATIC1111 writes them: ``<lora:name:weight>`` tags after the prompt and a ``Lora
+hashes`` field (here the first 12 hex digits of each file's SHA-256); ``clip_skip`` as its ``Clip
+skip``, which counts the last layer as 1 (diffusers' ``clip_skip`` + 1).
 
 Tools split this text at newlines (the last line is the settings, a line starting "Negative
 prompt:" the negative prompt) and C readers stop at NUL, so control characters (NUL, newlines,
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 import json
 import unicodedata
+
+from sdbatch.manifests.loras import parse_loras, weight_text
 
 from .records import ResultRecord
 
@@ -72,10 +77,18 @@ def infotext(record: ResultRecord) -> str:
         fields.append(("CFG rescale", _number(record.guidance_rescale)))
     if record.refiner:
         fields += [("Refiner", record.refiner), ("Refiner switch at", _number(record.refiner_start))]
+    if record.clip_skip is not None:
+        fields.append(("Clip skip", record.clip_skip + 1))
+    if record.prompt_syntax != "plain":
+        fields.append(("Prompt syntax", record.prompt_syntax))
+    files = record.trace.lora_files or ()
+    if files:
+        fields.append(("Lora hashes", ", ".join(f"{f['name']}: {f['sha256'][:12]}" for f in files)))
     if record.sdbatch_version:
         fields.append(("Version", f"sdbatch {record.sdbatch_version}"))
     settings = ", ".join(f"{key}: {quote(value)}" for key, value in fields if value is not None)
-    lines = [one_line(record.prompt)]
+    tags = "".join(f" <lora:{name}:{weight_text(weight)}>" for name, weight in parse_loras(record.loras))
+    lines = [one_line(record.prompt) + tags]
     if record.negative_prompt:
         lines.append(f"Negative prompt: {one_line(record.negative_prompt)}")
     lines.append(settings)

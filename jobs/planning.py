@@ -35,6 +35,7 @@ from sdbatch.manifests.validate import ManifestReport, validate_source
 
 from .layouts import SPLIT_WORD_PATTERN
 from .model_columns import ModelColumnUsage
+from .prompt_columns import AdapterUsage
 from .outdir import ShardPlan, shard_name
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class ShardPlanner:
         self.buffer_bytes = buffer_bytes
         self.digest = ContentDigest()
         self.usage = ModelColumnUsage()  # the models rows name, and their family-specific columns
+        self.adapters = AdapterUsage()  # the LoRAs rows name, the embedding tokens they write
         self._groups: dict[tuple, _Group] = {}  # insertion order: first seen first
         self._buffered = 0
         self._written: list[_Written] = []
@@ -82,7 +84,6 @@ class ShardPlanner:
     def add(self, offset: int, table: pa.Table, batch: pa.RecordBatch) -> None:
         labels = pa.Table.from_batches([batch]).select([n for n in batch.schema.names if n not in COLUMN_NAMES])
         self.digest.update(table, labels)
-        self.usage.add(offset, table)
         self._note_split_words(table.column("id"))
         rows = with_resolved_images(table, self.base)
         rows = rows.append_column(ROW_INDEX, pa.array(np.arange(offset, offset + table.num_rows, dtype=np.int64)))
@@ -182,10 +183,13 @@ class PlannedManifest:
 
 
 def plan_manifest(source: ManifestSource, default_model: str, shard_size: int, staging: Path,
-                  batch_rows: int = BATCH_ROWS, labels: Sequence[str] = ()) -> PlannedManifest:
+                  batch_rows: int = BATCH_ROWS, labels: Sequence[str] = (),
+                  prompt_syntax: str = "plain") -> PlannedManifest:
     """Validate ``source`` (refusing it with ``ManifestError``) and plan its shards into ``staging``;
-    ``labels``: columns declared labels (see ``validate_source``)."""
+    ``labels``: columns declared labels (see ``validate_source``); ``prompt_syntax``: the job's."""
     planner = ShardPlanner(staging, shard_size, source.base)
-    report = validate_source(source, default_model, on_batch=planner.add, batch_rows=batch_rows, labels=labels)
+    report = validate_source(source, default_model, on_batch=planner.add, batch_rows=batch_rows, labels=labels,
+                             prompt_syntax=prompt_syntax, checkers=[planner.usage.add, planner.adapters.add])
+    report.problems += planner.adapters.row_problems()
     report.raise_if_refused()
     return PlannedManifest(report, planner, planner.finish(report.duplicate_row_numbers))

@@ -18,8 +18,10 @@ from .runtime_info import runtime_info
 
 @dataclass(frozen=True)
 class InputTrace:
-    """What a row's input images were: their content hashes (SHA-256 of the bytes read) and, for
-    the init image, its size as given and whether it was resized to the row's size."""
+    """What a row's inputs were: its images' content hashes (SHA-256 of the bytes read) and, for
+    the init image, its size as given and whether it was resized to the row's size; its prompt's
+    token count and whether plain truncation cut any of its texts; the LoRA files it ran with
+    (name, weight, SHA-256)."""
 
     init_image_sha256: str | None = None
     mask_image_sha256: str | None = None
@@ -27,6 +29,9 @@ class InputTrace:
     init_image_width: int | None = None
     init_image_height: int | None = None
     init_image_resized: bool | None = None
+    prompt_tokens: int | None = None
+    truncated: bool | None = None
+    lora_files: tuple[dict, ...] | None = None
 
 
 # Why a row failed, for reruns and for users: its own input, its model, the storage (worth a
@@ -72,6 +77,9 @@ class ResultRecord:
     crop_left: int | None = None
     refiner: str | None = None  # the --refiner that took over the row, and when
     refiner_start: float | None = None
+    prompt_syntax: str = "plain"
+    clip_skip: int | None = None
+    loras: str | None = None  # the row's LoRAs in normal form (name:weight,...)
     trace: InputTrace = field(default_factory=InputTrace)  # written as its own columns
 
     @classmethod
@@ -85,7 +93,8 @@ class ResultRecord:
             trace=trace or InputTrace(), guidance_rescale=row.guidance_rescale, prompt_2=row.prompt_2,
             negative_prompt_2=row.negative_prompt_2, original_width=row.original_width,
             original_height=row.original_height, crop_top=row.crop_top, crop_left=row.crop_left,
-            refiner_start=row.refiner_start,
+            refiner_start=row.refiner_start, prompt_syntax=row.prompt_syntax, clip_skip=row.clip_skip,
+            loras=row.loras,
         )
         base.update(kw)
         return cls(**base)
@@ -119,6 +128,9 @@ METADATA_SCHEMA = pa.schema([
     ("init_image_sha256", pa.string()), ("mask_image_sha256", pa.string()),
     ("depth_map_sha256", pa.string()), ("init_image_width", pa.int64()),
     ("init_image_height", pa.int64()), ("init_image_resized", pa.bool_()),
+    ("prompt_syntax", pa.string()), ("clip_skip", pa.int64()), ("loras", pa.string()),
+    ("lora_files", pa.list_(pa.struct([("name", pa.string()), ("weight", pa.float64()), ("sha256", pa.string())]))),
+    ("prompt_tokens", pa.int64()), ("truncated", pa.bool_()),
 ])
 _RESERVED = set(METADATA_SCHEMA.names)
 
@@ -127,7 +139,8 @@ _TRACE_COLUMNS = {f.name for f in fields(InputTrace)}
 
 
 def _column(record: ResultRecord, name: str):
-    return getattr(record.trace if name in _TRACE_COLUMNS else record, name)
+    value = getattr(record.trace if name in _TRACE_COLUMNS else record, name)
+    return list(value) if isinstance(value, tuple) else value
 
 
 def label_names(labels: list[str]) -> list[str]:

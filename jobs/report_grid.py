@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from .report_rows import ReportError
 
 CANDIDATES = ("prompt", "negative_prompt", "seed", "guidance_scale", "steps", "scheduler", "size",
-              "strength", "model", "mode")
+              "strength", "model", "mode", "loras", "clip_skip", "prompt_syntax")
 TEXT_COLUMNS = ("prompt", "negative_prompt")  # group first: long text reads best as a heading
 SIZE = "size"  # not a metadata column: "<width>x<height>"
 # What users of other tools type, and the column it is here.

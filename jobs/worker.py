@@ -27,11 +27,13 @@ import pyarrow as pa
 
 from sdbatch.manifests.rows import extra_names, rows_of
 from sdbatch.manifests.schema import GenerationRow
+from sdbatch.pipeline.adapters import load_embedding
 from sdbatch.pipeline.engine import BatchedEngine
 from sdbatch.pipeline.loading import LoadedModel, load_model
 
+from .adapter_files import LoraFiles, resolve_embedding
 from .image_encoding import encode_image
-from .inputs import FailedRow, ReadyRow, batch_key, prepare_rows
+from .inputs import FailedRow, ReadyRow, batch_key, lora_order, prepare_rows
 from .executor import ShardProgress
 from .layouts import ShardWriter, layout_named
 from .outdir import OutputFolder, ShardStats
@@ -46,13 +48,15 @@ log = logging.getLogger(__name__)
 PREPARE_WINDOW_BATCHES = 8
 
 
-def group_batches(items: list, key, batch_size: int) -> list[list]:
-    """Items of equal key, at most ``batch_size`` per batch, groups in first-seen order. A row's
-    image does not depend on its batch, so rows need not be consecutive to share one."""
+def group_batches(items: list, key, batch_size: int, order=None) -> list[list]:
+    """Items of equal key, at most ``batch_size`` per batch, groups in first-seen order (stably
+    sorted by ``order`` of their first item when given). A row's image does not depend on its
+    batch, so rows need not be consecutive to share one."""
     groups: dict = {}
     for item in items:
         groups.setdefault(key(item), []).append(item)
-    return [group[i: i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
+    ordered = sorted(groups.values(), key=lambda g: order(g[0])) if order else groups.values()
+    return [group[i: i + batch_size] for group in ordered for i in range(0, len(group), batch_size)]
 
 
 class ShardWorker:
@@ -65,6 +69,7 @@ class ShardWorker:
         self.name = name
         self.layout = layout_named(config.output.layout)
         self._engines: dict[str, BatchedEngine] = {}
+        self._loras = LoraFiles(config.lora_dir, config.s3)  # LoRA names -> files, once each
         self._pool = ThreadPoolExecutor(max_workers=config.encode_threads, thread_name_prefix="encode")
         # The next window of rows is prepared (images read and decoded) while this one denoises.
         self._prepare_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
@@ -87,6 +92,9 @@ class ShardWorker:
     def engine(self, model: str) -> BatchedEngine:
         if model not in self._engines:
             loaded: LoadedModel = load_model(model, self.config.device, self.config.dtype)
+            for spec in self.config.embeddings:  # each --embedding into every model, once
+                embedding = resolve_embedding(spec)
+                load_embedding(loaded, embedding.path, embedding.token)
             self._engines[model] = BatchedEngine(loaded)
         return self._engines[model]
 
@@ -138,7 +146,8 @@ class ShardWorker:
         return future
 
     def _prepare(self, rows: list[GenerationRow]) -> list[ReadyRow | FailedRow]:
-        return prepare_rows(rows, lambda name: self.engine(name).model, self.config.cell_access(), self.config.refiner)
+        return prepare_rows(rows, lambda name: self.engine(name).model, self.config.cell_access(), self.config.refiner,
+                            self._loras)
 
     # -- one shard -----------------------------------------------------------------------------
     def run_shard(self, shard: str, job_id: str = "") -> Iterator[ShardProgress | ShardStats]:
@@ -180,7 +189,7 @@ class ShardWorker:
                     if refused:
                         yield ShardProgress(shard, len(pending), failed, self.name)
                     ready = [p for p in prepared if isinstance(p, ReadyRow)]
-                    for batch in group_batches(ready, batch_key, self.config.batch_size):
+                    for batch in group_batches(ready, batch_key, self.config.batch_size, lora_order):
                         outcomes = self._generate(shard, writer, batch, labels)
                         pending += outcomes
                         failed += sum(future is None for _, future in outcomes)

@@ -25,6 +25,8 @@ class WorkerConfig:
     # local folders image cells may name (the driver sets the manifest's folder and --allow-path
     # folders; None: anywhere, for trusted callers of the library)
     image_roots: tuple[str, ...] | None = None
+    embeddings: tuple[str, ...] = ()  # --embedding PATH_OR_HUB_ID[:TOKEN], loaded into every model
+    lora_dir: str | None = None  # where LoRA names are found (local or s3://)
 
     def cell_access(self) -> CellAccess:
         return CellAccess(s3=self.s3, roots=self.image_roots, max_bytes=self.max_image_bytes)

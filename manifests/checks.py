@@ -12,8 +12,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+
+from .loras import LoraSyntaxError, has_tags, normal_form, parse_loras, prompt_tags
 from .problems import ProblemLog
 from .schema import (
+    CLIP_SKIP_RANGE,
     COLUMN_NAMES,
     COLUMNS,
     FLOAT,
@@ -27,6 +30,7 @@ from .schema import (
     MODE_IMAGES,
     MODES,
     MODES_WITHOUT_PROMPT,
+    PROMPT_SYNTAXES,
     SEED,
     SIZE_MULTIPLE,
     SIZE_RANGE,
@@ -210,12 +214,13 @@ class BatchChecker:
     """Value checks for one record batch whose first row is manifest row ``offset``."""
 
     def __init__(self, batch: pa.RecordBatch, offset: int, problems: ProblemLog,
-                 schedulers: Sequence[str]):
+                 schedulers: Sequence[str], prompt_syntax: str = "plain"):
         self.batch = batch
         self.offset = offset
         self.problems = problems
         self.schedulers = schedulers
         self.modes = self._modes()
+        self.syntaxes = self._syntaxes(prompt_syntax)
 
     def _column(self, name: str) -> pa.Array | None:
         if name not in self.batch.schema.names:
@@ -227,6 +232,13 @@ class BatchChecker:
         if mode is None:
             return pa.array(["txt2img"] * self.batch.num_rows, pa.string())
         return pc.fill_null(pc.cast(mode, pa.string()), "txt2img")
+
+    def _syntaxes(self, default: str) -> pa.Array:
+        """Each row's prompt syntax: its own, else the job's."""
+        syntax = self._column("prompt_syntax")
+        if syntax is None:
+            return pa.array([default] * self.batch.num_rows, pa.string())
+        return pc.fill_null(pc.cast(syntax, pa.string()), default)
 
     def _report(self, name: str, bad: pa.Array, reason: str, values: pa.Array | None = None) -> None:
         """Record the rows where ``bad`` is true (null counts as fine)."""
@@ -255,6 +267,74 @@ class BatchChecker:
         for name in ("original_width", "original_height", "crop_top", "crop_left"):
             self.check_range(name, *CONDITIONING_SIZE_RANGE)
         self.check_open_fraction("refiner_start")
+        self.check_names("prompt_syntax", PROMPT_SYNTAXES, "unknown prompt syntax")
+        self.check_range("clip_skip", *CLIP_SKIP_RANGE)
+        self.check_loras()
+        self.check_a1111_texts()
+        self.check_compel_clip_skip()
+
+    def _texts(self, name: str) -> pa.Array | None:
+        values = self._column(name)
+        if values is None or pa.types.is_null(values.type):
+            return None
+        return pc.cast(values, pa.string())
+
+    def _report_values(self, name: str, values: pa.Array, candidates: pa.Array, reason_of) -> None:
+        """Rows where ``candidates`` holds and ``reason_of(value)`` gives a reason, by reason
+        (each distinct value judged once)."""
+        reasons: dict[str, list] = {}
+        for value in pc.unique(pc.filter(values, pc.fill_null(candidates, False))).to_pylist():
+            reason = reason_of(value) if value is not None else None
+            if reason:
+                reasons.setdefault(reason, []).append(value)
+        for reason, bad_values in reasons.items():
+            bad = pc.and_(candidates, pc.is_in(values, value_set=pa.array(bad_values, pa.string())))
+            self._report(name, bad, reason, values)
+
+    def check_loras(self) -> None:
+        """The loras column's grammar, and in a1111 prompts the <lora:...> tags (whose LoRAs must not
+        repeat the column's)."""
+        loras, prompt = self._texts("loras"), self._texts("prompt")
+        a1111 = pc.equal(self.syntaxes, "a1111")
+        if loras is not None:
+            given = pc.not_equal(pc.utf8_trim_whitespace(loras), "")
+            self._report_values("loras", loras, given, lambda v: _lora_reason(lambda: normal_form(parse_loras(v))))
+        if prompt is None:
+            return
+        tagged = pc.and_(a1111, pc.match_substring(prompt, "<"))
+        self._report_values("prompt", prompt, tagged, lambda v: _lora_reason(lambda: normal_form(prompt_tags(v)[1])))
+        both = pc.fill_null(pc.and_(tagged, given), False) if loras is not None else None
+        if both is None or not pc.any(both).as_py():
+            return
+        for i in pc.indices_nonzero(both).to_pylist():
+            value, text = loras[i].as_py(), prompt[i].as_py()
+            if _lora_reason(lambda: parse_loras(value)) or _lora_reason(lambda: prompt_tags(text)):
+                continue  # reported above
+            reason = _lora_reason(lambda: normal_form(parse_loras(value) + prompt_tags(text)[1]))
+            if reason:
+                self.problems.add("loras", f"{reason}: in the column and in a <lora:...> tag of the prompt",
+                                  rows=[i + self.offset], count=1, values=[value])
+
+    def check_a1111_texts(self) -> None:
+        """<lora:...> tags only in prompts (their brackets are checked by the job layer, which reads
+        the a1111 grammar: ``jobs.prompt_columns``)."""
+        a1111 = pc.equal(self.syntaxes, "a1111")
+        if not pc.any(a1111).as_py():
+            return
+        for name in ("prompt", "negative_prompt", "prompt_2", "negative_prompt_2"):
+            values = self._texts(name)
+            if values is None:
+                continue
+            if name != "prompt":
+                self._report_values(name, values, a1111, lambda v: (
+                    "<lora:...> tags go in the prompt (or the loras column)" if has_tags(v) else None))
+
+    def check_compel_clip_skip(self) -> None:
+        clip_skip = self._column("clip_skip")
+        if clip_skip is None or pa.types.is_null(clip_skip.type):
+            return
+        bad = pc.and_(pc.equal(self.syntaxes, "compel"), pc.is_valid(clip_skip))
+        self._report("clip_skip", bad, "not available with prompt_syntax compel (compel has no clip skip)", clip_skip)
 
     def check_open_fraction(self, name: str) -> None:
         values = self._column(name)
@@ -360,5 +440,15 @@ def _plain(values: pa.Array) -> pa.Array:
     return values
 
 
-def check_batch(batch: pa.RecordBatch, offset: int, problems: ProblemLog, schedulers: Sequence[str]) -> None:
-    BatchChecker(batch, offset, problems, schedulers).run()
+def _lora_reason(read) -> str | None:
+    try:
+        read()
+    except LoraSyntaxError as exc:
+        return str(exc)
+    return None
+
+
+def check_batch(batch: pa.RecordBatch, offset: int, problems: ProblemLog, schedulers: Sequence[str],
+                prompt_syntax: str = "plain") -> None:
+    """``prompt_syntax``: the job's, for rows that name none."""
+    BatchChecker(batch, offset, problems, schedulers, prompt_syntax).run()

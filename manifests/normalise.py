@@ -1,7 +1,9 @@
 """Normalisation of a checked record batch: every schema column present, in its normal type, with
 defaults filled, and an ``id`` on every row (the given one, or one derived from the row).
 
-Seeds stay null where not given: they are derived from the final id by ``reader``.
+Seeds stay null where not given: they are derived from the final id by ``reader``. A row's prompt
+syntax defaults to the job's (``--prompt-syntax``), and its LoRAs are put in their normal form,
+an a1111 prompt's ``<lora:...>`` tags moved into them (``loras.py``).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .ids import derive_ids
+from .loras import LoraSyntaxError, row_loras
 from .schema import COLUMN_NAMES, COLUMNS, DEFAULTS, IMAGE
 
 _CASTS = {c.name: c.type for c in COLUMNS if c.type is not None}
@@ -29,8 +32,35 @@ def _image_column(values: pa.Array | None, rows: int) -> pa.Array:
     return pc.if_else(empty, pa.scalar(None, values.type), values)
 
 
-def normalise_batch(batch: pa.RecordBatch, default_model: str) -> pa.Table:
-    """The schema columns of ``batch`` normalised (extras are left out; see ``extra_columns``)."""
+def _normal_loras(columns: dict[str, pa.Array]) -> None:
+    """``loras`` in normal form, null where empty; a1111 prompts' LoRA tags moved into it. A value
+    that cannot be read is left as it is (the checks refuse it)."""
+    loras, prompt = columns["loras"], columns["prompt"]
+    given = pc.fill_null(pc.not_equal(pc.utf8_trim_whitespace(loras), ""), False)
+    a1111 = pc.equal(columns["prompt_syntax"], "a1111")
+    tagged = pc.fill_null(pc.and_(a1111, pc.match_substring(prompt, "<")), False)
+    todo = pc.or_(given, tagged)
+    if not pc.any(todo).as_py():
+        columns["loras"] = pa.nulls(len(loras), pa.string())
+        return
+    prompts, values, flags = prompt.to_pylist(), loras.to_pylist(), a1111.to_pylist()
+    normal: dict[tuple, tuple[str, str | None]] = {}
+    out_loras: list[str | None] = [None] * len(values)
+    for i in pc.indices_nonzero(todo).to_pylist():
+        key = (values[i], prompts[i] if flags[i] else None)
+        if key not in normal:
+            try:
+                normal[key] = row_loras(values[i], prompts[i], bool(flags[i]))
+            except LoraSyntaxError:
+                normal[key] = (prompts[i], values[i])
+        prompts[i], out_loras[i] = normal[key]
+    columns["prompt"] = pa.array(prompts, pa.string())
+    columns["loras"] = pa.array(out_loras, pa.string())
+
+
+def normalise_batch(batch: pa.RecordBatch, default_model: str, prompt_syntax: str = "plain") -> pa.Table:
+    """The schema columns of ``batch`` normalised (extras are left out; see ``extra_columns``);
+    ``prompt_syntax`` is the job's, for rows that name none."""
     rows = batch.num_rows
     names = batch.schema.names
     columns: dict[str, pa.Array] = {}
@@ -41,10 +71,13 @@ def normalise_batch(batch: pa.RecordBatch, default_model: str) -> pa.Table:
             continue
         target = _CASTS[column.name]
         values = pa.nulls(rows, target) if values is None else pc.cast(values, target, safe=False)
-        if column.name in DEFAULTS:
+        if column.name == "prompt_syntax":
+            values = pc.fill_null(values, prompt_syntax)
+        elif column.name in DEFAULTS:
             values = pc.fill_null(values, DEFAULTS[column.name])
         columns[column.name] = values
     columns["prompt"] = pc.fill_null(columns["prompt"], "")
+    _normal_loras(columns)
     model = columns["model"]
     columns["model"] = pc.if_else(pc.fill_null(pc.equal(model, ""), True), default_model, model)
     table = pa.table({name: columns[name] for name in COLUMN_NAMES})

@@ -14,7 +14,10 @@ from typing import Any
 
 import pyarrow as pa
 
+
 MODES = ("txt2img", "img2img", "inpaint", "depth2img")
+# How a row's prompts are read (the engine's pipeline/text.py implements each).
+PROMPT_SYNTAXES = ("plain", "a1111", "compel")
 IMAGE_COLUMNS = ("init_image", "mask_image", "depth_map")
 
 # The image columns each mode needs a value in, and those it may have (depth2img estimates its depth
@@ -38,6 +41,7 @@ GUIDANCE_RESCALE_RANGE = (0.0, 1.0)
 CONDITIONING_SIZE_RANGE = (0, 16384)  # SDXL's original size and crop offsets, in pixels
 SIZE_RANGE = (8, 8192)
 SIZE_MULTIPLE = 8  # the VAE factor of SD models: latents are width/8 x height/8
+CLIP_SKIP_RANGE = (0, 48)  # a model's own text encoder may allow fewer: checked when it is loaded
 
 
 # Column kinds: which Arrow types a manifest may use for the column, and what they normalise to.
@@ -113,6 +117,15 @@ COLUMNS: tuple[Column, ...] = (
     Column("refiner_start", FLOAT, None,
            "SDXL base + refiner: the fraction of the steps after which --refiner takes over, in (0, 1); "
            "empty = no refiner", type=pa.float64(), since=2, families=("sdxl",)),
+    Column("prompt_syntax", STRING, "plain",
+           f"how the prompts are read: {' | '.join(PROMPT_SYNTAXES)} (default: --prompt-syntax, itself plain)",
+           type=pa.string(), since=2),
+    Column("clip_skip", INT, None,
+           "text-encoder layers to skip from the end, as diffusers' clip_skip (1 = the penultimate layer; "
+           "AUTOMATIC1111's 'Clip skip 2')", type=pa.int64(), since=2),
+    Column("loras", STRING, None,
+           "LoRAs and weights, name:weight[,name:weight...]; names resolve against --lora-dir, or are "
+           "paths, s3:// URIs or hub ids", type=pa.string(), since=2),
 )
 COLUMN_NAMES = tuple(c.name for c in COLUMNS)
 DEFAULTS = {c.name: c.default for c in COLUMNS if c.default is not None}
@@ -120,10 +133,12 @@ COLUMNS_BY_NAME = {c.name: c for c in COLUMNS}
 # The columns that make a row's output: its derived id is a hash of these (after defaults).
 GENERATION_COLUMNS = tuple(n for n in COLUMN_NAMES if n != "id")
 
-# The batching key: rows equal in these columns (after defaults; strength only in image modes) can
-# share one batch. The planner groups rows into shards by it; the worker refines it with what only
-# the row's images decide (a size taken from an init image).
-BATCH_KEY_COLUMNS = ("model", "mode", "width", "height", "steps", "scheduler", "strength", "refiner_start")
+# The batching key: rows equal in these columns (after defaults; strength only in image modes;
+# loras in its normal form, see ``loras.py``) can share one batch. The planner groups rows into
+# shards by it; the worker refines it with what only the row's images decide (a size taken from an
+# init image).
+BATCH_KEY_COLUMNS = ("model", "mode", "width", "height", "steps", "scheduler", "strength", "refiner_start",
+                     "loras")
 
 
 def batch_key_table(table: pa.Table) -> pa.Table:
@@ -169,6 +184,9 @@ class GenerationRow:
     crop_top: int | None = None
     crop_left: int | None = None
     refiner_start: float | None = None
+    prompt_syntax: str = DEFAULTS["prompt_syntax"]
+    clip_skip: int | None = None
+    loras: str | None = None  # normal form (loras.py); an a1111 prompt's <lora:...> tags moved here
     extras: tuple[tuple[str, Any], ...] = field(default=())
 
     def batch_key(self) -> tuple:

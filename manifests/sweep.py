@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from .checks import check_batch, check_column_names, check_types
 from .formats import CSV, JSONL, PARQUET, TEXT_COLUMNS, TSV
+from .loras import LoraSyntaxError, normal_form, parse_loras
 from .problems import ProblemLog
 from .schema import COLUMN_NAMES, SEED_MAX
 
@@ -151,6 +152,52 @@ def parse_sizes(option: str, values: Sequence[str]) -> tuple[list[int], list[int
     return widths, heights
 
 
+NO_LORA = "none"
+
+
+def _weights(option: str, entry: str, text: str) -> list[float]:
+    """``0.5`` or a range ``0.2..1.0/0.2`` (ends included; the step defaults to 0.1)."""
+    first, sep, rest = text.partition("..")
+    if not sep:
+        return [float(text)]
+    last, slash, step = rest.partition("/")
+    try:
+        a, b, d = float(first), float(last), float(step) if slash else 0.1
+    except ValueError:
+        raise SweepError(f"{option}: cannot read {entry!r}; write a range as name:0.2..1.0/0.2") from None
+    if d <= 0 or b < a:
+        raise SweepError(f"{option}: range {entry!r} must go up by a positive step")
+    count = int(math.floor((b - a) / d + 1e-9)) + 1
+    return [round(a + i * d, 10) for i in range(count)]
+
+
+def parse_lora_sets(option: str, values: Sequence[str]) -> list[str | None]:
+    """Each value one set of LoRAs, ``name:weight[,name:weight...]`` in the loras column's grammar,
+    where a weight may be a range ``START..STOP/STEP`` (giving one set per weight; two ranges give
+    their product); ``none`` is the set without LoRAs. Sets in normal form (None: no LoRA)."""
+    sets: list[str | None] = []
+    for value in values:
+        if value.strip().lower() in (NO_LORA, ""):
+            sets.append(None)
+            continue
+        choices: list[list[tuple[str, float]]] = [[]]
+        for entry in value.split(","):
+            name, sep, weight = entry.rpartition(":")
+            if not sep or not name.strip():
+                raise SweepError(f"{option}: cannot read {entry.strip()!r}; write name:weight or name:0.2..1.0/0.2")
+            try:
+                weights = _weights(option, entry.strip(), weight.strip())
+            except ValueError:
+                raise SweepError(f"{option}: {entry.strip()!r}: the weight is not a number") from None
+            choices = [c + [(name.strip(), w)] for c in choices for w in weights]
+        for choice in choices:
+            try:
+                sets.append(normal_form(parse_loras(normal_form(choice))))
+            except LoraSyntaxError as exc:
+                raise SweepError(f"{option} {value!r}: {exc}") from None
+    return sets
+
+
 def read_prompts_file(path: str | Path) -> pa.Table:
     """Prompts from a text file (one a line, blank lines skipped), a CSV or JSONL file with a
     ``prompt`` column; a file's other columns travel with each prompt into the manifest."""
@@ -211,6 +258,8 @@ _DEFAULT_ID_PARTS = {
     "scheduler": "{scheduler}",
     "size": "{width}x{height}",
     "strength": "str{strength}",
+    "loras": "l{loras_index}",
+    "clip-skip": "cs{clip_skip}",
 }
 
 

@@ -92,9 +92,11 @@ def _given(batch: pa.RecordBatch) -> np.ndarray:
 class _Scan:
     """State of one validation pass."""
 
-    def __init__(self, source: ManifestSource, default_model: str, schedulers: Sequence[str]):
+    def __init__(self, source: ManifestSource, default_model: str, schedulers: Sequence[str],
+                 prompt_syntax: str = "plain"):
         self.source = source
         self.default_model = default_model
+        self.prompt_syntax = prompt_syntax
         self.schedulers = schedulers
         self.problems = ProblemLog()
         self.id_hashes: list[np.ndarray] = []
@@ -107,12 +109,15 @@ class _Scan:
     def columns(self) -> list[str]:
         return [n for n in COLUMN_NAMES if n in self.source.column_names]
 
-    def first_pass(self, batch_rows: int, on_batch: BatchObserver | None = None) -> None:
+    def first_pass(self, batch_rows: int, on_batch: BatchObserver | None = None,
+                   checkers: Sequence[BatchObserver] = ()) -> None:
         known = self.columns()
         for offset, batch in self.source.batches(None if on_batch else known, batch_rows):
             checked = batch.select(known) if on_batch else batch
-            check_batch(checked, offset, self.problems, self.schedulers)
-            table = normalise_batch(checked, self.default_model)
+            check_batch(checked, offset, self.problems, self.schedulers, self.prompt_syntax)
+            table = normalise_batch(checked, self.default_model, self.prompt_syntax)
+            for check in checkers:
+                check(offset, table, batch)
             if on_batch is not None and not self.problems:
                 on_batch(offset, table, batch)
             self.id_hashes.append(_string_hashes(table.column("id")))
@@ -151,7 +156,7 @@ class _Scan:
                 continue
             rows = np.flatnonzero(mask) + offset
             picked = batch.filter(pa.array(mask))
-            table = normalise_batch(picked, self.default_model)
+            table = normalise_batch(picked, self.default_model, self.prompt_syntax)
             for row, row_id, key in zip(rows.tolist(), table.column("id").to_pylist(), _group_keys(table)):
                 first = first_row.setdefault(row_id, row)
                 if first == row:
@@ -181,14 +186,20 @@ class _Scan:
 
 def validate_source(source: ManifestSource, default_model: str = "",
                     schedulers: Sequence[str] | None = None, batch_rows: int = BATCH_ROWS,
-                    labels: Sequence[str] = (), on_batch: BatchObserver | None = None) -> ManifestReport:
+                    labels: Sequence[str] = (), on_batch: BatchObserver | None = None,
+                    checkers: Sequence[BatchObserver] = (),
+                    prompt_syntax: str = "plain") -> ManifestReport:
     """Check every row of ``source``; problems are in the report, not raised.
 
+    ``prompt_syntax`` is the job's (``--prompt-syntax``): that of rows that name none.
+
     ``labels`` are columns declared labels (``--label``): carried through even where their name
-    looks like a misspelt manifest column. ``on_batch`` sees every batch of the one streaming pass,
+    looks like a misspelt manifest column. ``checkers`` see every batch of the pass (normalised), so
+    they can add what they find to the problems the row checks find; ``on_batch`` sees every batch of
+    the one streaming pass,
     every column read (until a problem is found: then it is no longer called).
     """
-    scan = _Scan(source, default_model, schedulers if schedulers is not None else known_schedulers())
+    scan = _Scan(source, default_model, schedulers if schedulers is not None else known_schedulers(), prompt_syntax)
     notes = check_column_names(source.column_names, labels, scan.problems)
     named = len(scan.problems)
     check_schema(source.schema, scan.problems)
@@ -197,7 +208,7 @@ def validate_source(source: ManifestSource, default_model: str = "",
         report.rows = source.count_rows()
         report.notes = notes
         return report
-    scan.first_pass(batch_rows, on_batch)
+    scan.first_pass(batch_rows, on_batch, checkers)
     if on_batch is None:  # the pass read only the schema's columns; labels are read by run
         source.check_utf8(extra_columns(source.column_names), batch_rows)
     if scan.rows == 0:

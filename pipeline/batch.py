@@ -8,6 +8,18 @@ import numpy as np
 from PIL import Image
 
 @dataclass(frozen=True)
+class LoraWeight:
+    """One LoRA a batch runs with: its safetensors file on this machine, its weight (diffusers'
+    ``set_adapters`` weight) and the file's SHA-256 (which names its adapter: same bytes, one
+    adapter)."""
+
+    path: str
+    weight: float
+    sha256: str
+    name: str = ""  # as the row named it (for the record; the adapter is the file)
+
+
+@dataclass(frozen=True)
 class BatchSettings:
     """What every row of one batch shares. ``mode`` names one of ``modes.STARTS``; ``strength`` is
     read by the image modes only.
@@ -15,6 +27,9 @@ class BatchSettings:
     ``refiner_start`` (SDXL base + refiner, diffusers' "ensemble of expert denoisers"): the
     fraction of the schedule after which a refiner model takes over, diffusers' ``denoising_end``
     for the base and ``denoising_start`` for the refiner; None runs the batch on one model.
+
+    ``loras``: the LoRAs the model runs with for this batch (``adapters.py``), none by default. A
+    refiner runs without them.
     """
 
     width: int
@@ -24,6 +39,7 @@ class BatchSettings:
     mode: str = "txt2img"
     strength: float = 1.0
     refiner_start: float | None = None
+    loras: tuple[LoraWeight, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)  # holds images and arrays: compared by identity
@@ -34,6 +50,10 @@ class RowInput:
     ``init_image`` for img2img, inpaint and depth2img; an ``L`` ``mask_image`` for inpaint (white
     repaints, black keeps); for depth2img an optional ``depth_map`` (H, W) of any size, larger values
     nearer, which the model's depth estimator makes when it is None.
+
+    ``prompt_syntax`` (``prompt_syntax.SYNTAXES``) says how the row's texts are read and
+    ``clip_skip`` which text-encoder layer they come from (diffusers' ``clip_skip``; None = the
+    family's usual one): see ``text.py``.
 
     ``guidance_rescale`` (every family): diffusers' rescale of the guided noise prediction
     (``rescale_noise_cfg``), 0 = off; it acts only on guided rows (guidance scale > 1), as stock.
@@ -70,3 +90,5 @@ class RowInput:
     target_height: int | None = None
     aesthetic_score: float | None = None
     negative_aesthetic_score: float | None = None
+    prompt_syntax: str = "plain"
+    clip_skip: int | None = None

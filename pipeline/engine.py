@@ -1,7 +1,7 @@
 """The batched denoising engine: the seed article's loop (steps 4 to 11), run for many rows at once.
 
-A batch shares model, mode, size, steps, scheduler, strength and refiner start; prompts, negative
-prompts, seed, guidance scale and rescale, SDXL's second prompts and size/crop conditioning, and
+A batch shares model, mode, size, steps, scheduler, strength, refiner start and LoRAs; prompts
+(in any prompt syntax, with any clip skip), negative prompts, seed, guidance scale and rescale, SDXL's second prompts and size/crop conditioning, and
 input images vary per row. A row's image depends only on the model and the row:
 
 * every random draw for a row (VAE encode samples, initial noise, and any noise an ancestral
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from . import vae
+from .adapters import LoraAdapters
 from .batch import BatchSettings, RowInput
 from .conditioning import Conditioning, conditioner_for
 from .families import check_row_fields
@@ -69,6 +70,7 @@ class BatchedEngine:
         self.dtype = model.dtype
         self.vae_batch = vae_batch
         self.conditioner = conditioner_for(model)
+        self.adapters = LoraAdapters(model)
         vae.prepare_vae(model)
 
     # -- pieces ---------------------------------------------------------------------------
@@ -128,7 +130,9 @@ class BatchedEngine:
     def generate(self, settings: BatchSettings, rows: list[RowInput],
                  refiner: BatchedEngine | None = None) -> BatchResult:
         """Images for ``rows``. A batch whose settings have a ``refiner_start`` needs ``refiner``,
-        the engine of the refiner model (see ``refiner.generate_refined``); other batches ignore it."""
+        the engine of the refiner model (see ``refiner.generate_refined``); other batches ignore it.
+        The batch's LoRAs are made this model's active adapters first (``adapters.py``)."""
+        self.adapters.activate(settings.loras)
         if settings.refiner_start is not None:
             from .refiner import generate_refined
 

@@ -9,6 +9,7 @@ size and, with one text encoder, no second prompt (stock diffusers ignores it th
 from __future__ import annotations
 
 from .batch import RowInput
+from .conditioning import check_text
 from .loading import LoadedModel
 from .modes import ModeError
 
@@ -41,7 +42,8 @@ def _describe(model: LoadedModel) -> str:
 
 def check_row_fields(row: RowInput, *models: LoadedModel) -> None:
     """Raise ModeError naming the first model-specific field ``row`` gives that none of ``models``
-    (the batch's model, plus its refiner for refined rows) uses."""
+    (the batch's model, plus its refiner for refined rows) uses, or the first text setting one of
+    them cannot encode (``conditioning.check_text``)."""
     used = frozenset().union(*(fields_used(m) for m in models))
     for name in MODEL_SPECIFIC_FIELDS:
         if getattr(row, name) is not None and name not in used:
@@ -53,3 +55,5 @@ def check_row_fields(row: RowInput, *models: LoadedModel) -> None:
             }[name]
             raise ModeError(name, f"given, but {' and '.join(_describe(m) for m in models)}; "
                                   f"{name} is used only by {users}")
+    for model in models:
+        check_text(row, model)

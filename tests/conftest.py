@@ -186,3 +186,22 @@ def to_uint8(images):
     import numpy as np
 
     return (np.asarray(images) * 255).round().astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def tiny_adapters(tmp_path_factory, tiny_models, family_models) -> dict[str, str]:
+    """Random LoRAs and textual-inversion embeddings for the tiny SD and SDXL models, written once:
+    ``lora-a`` (UNet and text encoder), ``lora-b`` (UNet only) and ``lora-xl`` in one LoRA folder
+    (``loras``), and an embedding per family (token ``<tiny-style>``)."""
+    from sdbatch.pipeline.tiny import write_tiny_embedding, write_tiny_lora
+
+    root = tmp_path_factory.mktemp("adapters")
+    loras = root / "loras"
+    return {
+        "loras": str(loras),
+        "lora-a": str(write_tiny_lora(loras, tiny_models["base"], "lora-a", seed=1)),
+        "lora-b": str(write_tiny_lora(loras, tiny_models["base"], "lora-b", seed=2, text_encoders=False)),
+        "lora-xl": str(write_tiny_lora(loras, family_models["xl"], "lora-xl", seed=3)),
+        "embedding": str(write_tiny_embedding(root / "style.safetensors", tiny_models["base"], "<tiny-style>")),
+        "embedding-xl": str(write_tiny_embedding(root / "style-xl.safetensors", family_models["xl"], "<tiny-style>")),
+    }

@@ -155,6 +155,9 @@ def _plausible(name: str, rows: int) -> st.SearchStrategy[pa.Array]:
         "crop_top": ints(-8, 20_000),
         "crop_left": ints(-8, 20_000),
         "refiner_start": floats(-0.5, 1.5),
+        "prompt_syntax": text(["plain", "a1111", "compel", "A1111"]),
+        "clip_skip": ints(-2, 60),
+        "loras": text(["style:0.5", "style", "a:1,a:2", "a:x", "", "<lora:a:1>"]),
     }[name]
 
 
@@ -188,6 +191,9 @@ def _valid(name: str, rows: int) -> st.SearchStrategy[pa.Array]:
         "crop_top": column(st.integers(0, 16384), pa.int64()),
         "crop_left": column(st.integers(0, 16384), pa.int16()),
         "refiner_start": column(st.floats(0.01, 0.99), pa.float64()),
+        "prompt_syntax": column(st.just("plain")),
+        "clip_skip": column(st.integers(0, 12), pa.int64()),
+        "loras": column(st.sampled_from(["", " "])),  # (named LoRAs must exist: see test_run_prompts)
     }[name]
 
 

@@ -1,6 +1,6 @@
-"""The package graph stays one-way (pipeline a leaf; manifests reads only pipeline's scheduler names;
-jobs never imports cluster; only the CLI knows every package), and reading a job's output folder
-(`status`, `verify`) never loads torch."""
+"""The package graph stays one-way (pipeline a leaf; manifests reads only pipeline's scheduler names
+and prompt grammar; jobs never imports cluster; only the CLI knows every package), and reading a
+job's output folder (`status`, `verify`) never loads torch."""
 
 from __future__ import annotations
 
