@@ -1,0 +1,369 @@
+"""Speed switches for one loaded model: what the user asks for, what it resolves to on a device, and
+applying it once.
+
+``SpeedOptions`` holds the user's words (``compile``, ``attention``, ``cuda_graphs``, ``quantize``);
+``SpeedOptions.resolve`` turns them into a ``ResolvedSpeed`` for a device and batch size, refusing
+what cannot run there with a ``SpeedOptionError`` that names the option (a ``ValueError``: the CLI
+turns it into exit 2 before any work starts); ``accelerate`` applies it to a ``LoadedModel`` and
+returns the callables the engine runs the UNet and the VAE decoder through.
+
+What each switch does, and why it is built this way:
+
+* ``compile``: ``torch.compile`` (inductor) of the UNet and of the VAE decode (latents to uint8
+  pixels, so the rounding and layout change fuse into the decoder's last kernels), with
+  channels_last and diffusers' fused QKV projections (measured: channels_last alone slows eager, so
+  both come only with compile), static shapes (``static_batch.py``: one compile serves a whole job)
+  and the inductor settings diffusers recommends for SD UNets (``INDUCTOR_OPTIONS``). Compiled
+  artefacts go to the sdbatch cache folder, so a second run, a restarted actor or a second actor on
+  the node reuses them. ``auto``: on for CUDA, off elsewhere.
+* ``attention``: which PyTorch SDPA kernel the UNet's attention uses (``sdpa_kernel``); ``auto``
+  leaves PyTorch's own choice. A backend this device cannot run for this model is refused up front.
+* ``cuda_graphs``: CUDA graphs through inductor (``triton.cudagraphs``); they remove per-kernel
+  launch cost, which matters when a UNet call is short (small batches). Need compile and CUDA.
+  ``auto``: on for batches up to ``CUDA_GRAPHS_AUTO_MAX_BATCH`` (a guess, not yet measured on GPU).
+* ``quantize``: ``fp8`` quantizes the UNet's linear layers with torchao's float8 dynamic
+  activation + weight scheme. Lossy: images change, so callers must record it in metadata and in
+  the job fingerprint (``SpeedOptions.image_affecting``). Needs a CUDA GPU of compute capability
+  >= 8.9 (Ada, Hopper) and the ``torchao`` package; refused elsewhere with the reason.
+
+Everything but ``quantize`` keeps a row's image within 1 uint8 of eager (tests/test_speed.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .loading import LoadedModel
+
+log = logging.getLogger(__name__)
+
+COMPILE_CHOICES = ("off", "on", "auto")
+ATTENTION_CHOICES = ("auto", "flash", "efficient", "cudnn", "math")
+CUDA_GRAPHS_CHOICES = ("off", "on", "auto")
+QUANTIZE_CHOICES = ("none", "fp8")
+
+# cuda_graphs=auto turns them on up to this many rows per batch: launch overhead is a large share
+# of a UNet call only when the call is short. Not measured on a GPU yet: a first guess.
+CUDA_GRAPHS_AUTO_MAX_BATCH = 8
+
+# What diffusers' SD/SDXL speed guide sets before compiling a UNet (all real inductor options in
+# torch 2.13; coordinate descent tunes Triton kernels only, so it is a no-op on CPU).
+INDUCTOR_OPTIONS: dict[str, Any] = {
+    "conv_1x1_as_mm": True,
+    "coordinate_descent_tuning": True,
+    "coordinate_descent_check_all_directions": True,
+    "epilogue_fusion": False,
+}
+
+FP8_MIN_CAPABILITY = (8, 9)
+
+_SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
+                  "cudnn": "CUDNN_ATTENTION", "math": "MATH"}
+
+
+class SpeedOptionError(ValueError):
+    """A speed switch with a bad value, or one this device or model cannot run; ``option`` names
+    the switch (the CLI's ``--OPTION`` with underscores as dashes)."""
+
+    def __init__(self, option: str, message: str):
+        super().__init__(message)
+        self.option = option
+
+
+def _choice(option: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise SpeedOptionError(option, f"{option}: unknown value {value!r}; choose one of {', '.join(choices)}")
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    """The speed switches as a user writes them. Defaults are what the CLI offers by default;
+    ``SpeedOptions.eager()`` is everything off (the engine's default, and stock's behaviour)."""
+
+    compile: str = "auto"  # off | on | auto (on for CUDA)
+    attention: str = "auto"  # auto | flash | efficient | cudnn | math
+    cuda_graphs: str = "auto"  # off | on | auto (on for CUDA, compile on, small batches)
+    quantize: str = "none"  # none | fp8 (lossy)
+
+    def __post_init__(self):
+        _choice("compile", self.compile, COMPILE_CHOICES)
+        _choice("attention", self.attention, ATTENTION_CHOICES)
+        _choice("cuda_graphs", self.cuda_graphs, CUDA_GRAPHS_CHOICES)
+        _choice("quantize", self.quantize, QUANTIZE_CHOICES)
+        if self.cuda_graphs == "on" and self.compile == "off":
+            raise SpeedOptionError("cuda_graphs", "cuda_graphs=on needs compile on or auto: "
+                                                  "sdbatch captures CUDA graphs through torch.compile")
+
+    @classmethod
+    def eager(cls) -> SpeedOptions:
+        return cls(compile="off", attention="auto", cuda_graphs="off", quantize="none")
+
+    @property
+    def lossy(self) -> bool:
+        """Whether images differ from eager by more than rounding (callers record it)."""
+        return self.quantize != "none"
+
+    def image_affecting(self) -> dict[str, str]:
+        """The switches that change images, for metadata and the job fingerprint (the others keep
+        every pixel within 1 uint8, so a resumed job may change them)."""
+        return {"quantize": self.quantize} if self.lossy else {}
+
+    def resolve(self, device: torch.device | str, dtype: torch.dtype = torch.float16,
+                batch_size: int | None = None, model: LoadedModel | None = None) -> ResolvedSpeed:
+        """What runs on ``device``: ``auto`` decided, and whatever cannot run there refused with the
+        reason. ``model``, when given, lets the attention check use the UNet's real head sizes."""
+        device = torch.device(device)
+        cuda = device.type == "cuda"
+        compile_on = self.compile == "on" or (self.compile == "auto" and cuda)
+        if self.cuda_graphs == "on" and not cuda:
+            raise SpeedOptionError("cuda_graphs", f"cuda_graphs=on needs a CUDA device; this run uses {device}")
+        if self.cuda_graphs == "on" and not compile_on:
+            raise SpeedOptionError("cuda_graphs", "cuda_graphs=on needs compile on (compile=auto is off on "
+                                                  f"{device})")
+        small = batch_size is not None and batch_size <= CUDA_GRAPHS_AUTO_MAX_BATCH
+        graphs = self.cuda_graphs == "on" or (self.cuda_graphs == "auto" and cuda and compile_on and small)
+        attention = None if self.attention == "auto" else self.attention
+        if attention is not None:
+            check_attention_backend(attention, device, dtype, _head_dims(model))
+        if self.quantize == "fp8":
+            check_fp8(device, dtype)
+        return ResolvedSpeed(compile=compile_on, attention=attention, cuda_graphs=graphs,
+                             quantize=None if self.quantize == "none" else self.quantize)
+
+
+@dataclass(frozen=True)
+class ResolvedSpeed:
+    """What one model actually runs with; ``describe()`` is what summaries and logs show."""
+
+    compile: bool = False
+    attention: str | None = None  # None: PyTorch's choice
+    cuda_graphs: bool = False
+    quantize: str | None = None
+
+    @property
+    def eager(self) -> bool:
+        return self == ResolvedSpeed()
+
+    def describe(self) -> dict[str, Any]:
+        return {"compile": self.compile, "attention": self.attention or "auto",
+                "cuda_graphs": self.cuda_graphs, "quantize": self.quantize or "none"}
+
+
+def lora_conflict(resolved: ResolvedSpeed) -> str:
+    on = [name for name, value in (("compile", resolved.compile), ("quantize", resolved.quantize)) if value]
+    return (f"rows with LoRAs cannot run with {' and '.join(on)} on (the switches change the UNet that "
+            "adapters attach to); run LoRA jobs with compile off and quantize none")
+
+
+# -- device checks ---------------------------------------------------------------------------------
+def sdpa_backend_context(attention: str | None) -> AbstractContextManager:
+    """The context that restricts SDPA to one backend (a null context for PyTorch's choice)."""
+    if attention is None:
+        return nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([getattr(SDPBackend, _SDPA_BACKENDS[attention])])
+
+
+def _head_dims(model: LoadedModel | None) -> tuple[int, ...]:
+    """The UNet's attention head sizes (SD 1.5: 40, 80, 160); SDXL-like 64 when unknown."""
+    if model is None:
+        return (64,)
+    from diffusers.models.attention_processor import Attention
+
+    dims = {m.inner_dim // m.heads for m in model.pipe.unet.modules() if isinstance(m, Attention)}
+    return tuple(sorted(dims)) or (64,)
+
+
+def check_attention_backend(attention: str, device: torch.device, dtype: torch.dtype,
+                            head_dims: tuple[int, ...] = (64,)) -> None:
+    """Run one small attention per head size under the backend; refuse with PyTorch's reason when
+    it has no kernel for this device, dtype or head size."""
+    import warnings
+
+    import torch.nn.functional as F
+
+    for head_dim in head_dims:
+        q = torch.randn(2, 2, 16, head_dim, device=device, dtype=dtype)
+        kv = torch.randn(2, 2, 24, head_dim, device=device, dtype=dtype)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                with sdpa_backend_context(attention), torch.inference_mode():
+                    F.scaled_dot_product_attention(q, kv, kv)
+            except RuntimeError as exc:
+                why = "; ".join(str(w.message) for w in caught) or str(exc)
+                raise SpeedOptionError(
+                    "attention", f"attention={attention} cannot run on {device} with {str(dtype).removeprefix('torch.')} "
+                                 f"and head size {head_dim}: {why}") from exc
+
+
+def fp8_unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why fp8 cannot run here, or None when it can."""
+    if device.type != "cuda":
+        return f"fp8 needs a CUDA GPU of compute capability >= 8.9 (Ada, Hopper); this run uses {device}"
+    capability = torch.cuda.get_device_capability(device)
+    if capability < FP8_MIN_CAPABILITY:
+        return (f"fp8 needs compute capability >= 8.9 (Ada, Hopper); {torch.cuda.get_device_name(device)} "
+                f"has {capability[0]}.{capability[1]}")
+    if dtype not in (torch.float16, torch.bfloat16):
+        return f"fp8 quantizes an fp16 or bf16 model; this one is {str(dtype).removeprefix('torch.')}"
+    try:
+        import torchao.quantization  # noqa: F401
+    except ImportError:
+        return "fp8 needs the torchao package (pip install torchao)"
+    return None
+
+
+def check_fp8(device: torch.device, dtype: torch.dtype) -> None:
+    reason = fp8_unavailable_reason(device, dtype)
+    if reason is not None:
+        raise SpeedOptionError("quantize", reason)
+
+
+# -- the compile cache -------------------------------------------------------------------------------
+def sdbatch_cache_dir() -> Path:
+    """The sdbatch cache folder: ``SDBATCH_CACHE``, default ~/.cache/sdbatch."""
+    return Path(os.environ.get("SDBATCH_CACHE", Path.home() / ".cache" / "sdbatch"))
+
+
+def use_compile_cache(root: Path | None = None) -> Path:
+    """Point inductor's on-disk caches (FX graphs, AOT autograd, autotuning, Triton kernels) at the
+    sdbatch cache folder, unless the user already pointed them elsewhere; returns inductor's folder.
+    Inductor reads these variables when it looks a graph up, so this must run before compiling."""
+    root = root or sdbatch_cache_dir()
+    inductor = Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(root / "torchinductor")))
+    os.environ.setdefault("TRITON_CACHE_DIR", str(root / "triton"))
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fx_graph_cache = True
+    functorch_config.enable_autograd_cache = True
+    return inductor
+
+
+# -- applying ---------------------------------------------------------------------------------------------
+def _fp8_quantize(unet: torch.nn.Module, dtype: torch.dtype) -> int:
+    """Quantize the UNet's linear layers to float8 (torchao); returns how many it quantized.
+    Per-row scales need bf16 weights (torchao), so fp16 models get per-tensor scales."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor, quantize_
+
+    granularity = PerRow() if dtype == torch.bfloat16 else PerTensor()
+    before = sum(isinstance(m, torch.nn.Linear) and type(m.weight) is torch.nn.Parameter for m in unet.modules())
+    quantize_(unet, Float8DynamicActivationFloat8WeightConfig(granularity=granularity, set_inductor_config=False))
+    after = sum(isinstance(m, torch.nn.Linear) and type(m.weight) is torch.nn.Parameter
+                and type(m.weight.data) is torch.Tensor for m in unet.modules())
+    return before - after
+
+
+def _fuse_qkv(module: torch.nn.Module, name: str) -> bool:
+    try:
+        module.fuse_qkv_projections()
+        return True
+    except (ValueError, AttributeError) as exc:  # added-KV attention, or a model without the method
+        log.info("%s: QKV projections not fused (%s)", name, exc)
+        return False
+
+
+@dataclass
+class Accelerated:
+    """A model with its speed switches applied: the engine calls ``unet`` in place of
+    ``pipe.unet`` and ``decode`` for latents -> images; ``stats`` has the compile times."""
+
+    resolved: ResolvedSpeed
+    unet: Callable[..., Any]
+    decode: Any  # decoding.Decoder
+    stats: SpeedStats
+    applied: dict[str, Any] = field(default_factory=dict)
+
+    def reserve(self, rows: int) -> None:
+        """Batches of up to ``rows`` rows are coming: size the static shapes for them (a larger
+        batch than before compiles once more; smaller ones are padded)."""
+        if hasattr(self.unet, "reserve"):
+            self.unet.reserve(2 * rows)  # at most two UNet samples per row (guidance)
+        self.decode.reserve(rows)
+
+    def check_loras(self, loras: tuple) -> None:
+        """Refuse a batch with LoRAs on a model whose UNet the switches changed: fused QKV
+        projections would bypass the adapters' layers (wrong images, silently), adapters on fp8
+        layers are not supported, and every adapter set or weight would recompile."""
+        if loras and (self.resolved.compile or self.resolved.quantize):
+            raise SpeedOptionError("compile" if self.resolved.compile else "quantize", lora_conflict(self.resolved))
+
+    def report(self) -> dict[str, Any]:
+        """What summaries show for this model: the switches as run, what was applied, compile time."""
+        return {**self.resolved.describe(), **self.applied, **self.stats.as_dict()}
+
+
+_APPLIED: "weakref.WeakKeyDictionary[torch.nn.Module, Accelerated]" = weakref.WeakKeyDictionary()
+
+
+def accelerate(model: LoadedModel, options: SpeedOptions | None = None, *, batch_size: int | None = None,
+               vae_batch: int = 8, inductor_options: dict[str, Any] | None = None) -> Accelerated:
+    """Apply ``options`` to ``model`` once (in place: channels_last, fused QKV, fp8 change its
+    modules) and return what the engine runs. Applying it again with the same resolution returns
+    the same object; with a different one it is refused, since fusing and quantizing are not undone.
+
+    ``batch_size``: the job's rows per batch, the size every compiled call is padded to (when not
+    given, the largest batch seen so far). ``inductor_options`` replaces ``INDUCTOR_OPTIONS``
+    (the benchmark compares them)."""
+    from .decoding import Decoder
+    from .static_batch import SpeedStats, StaticBatchRunner
+
+    options = options or SpeedOptions.eager()
+    resolved = options.resolve(model.device, model.dtype, batch_size, model)
+    unet, vae = model.pipe.unet, model.pipe.vae
+    done = _APPLIED.get(unet)
+    if done is not None:
+        if done.resolved != resolved:
+            raise SpeedOptionError("compile", f"model {model.name} already runs with {done.resolved.describe()}; "
+                                              f"cannot switch to {resolved.describe()} (load it again)")
+        if batch_size:
+            done.reserve(batch_size)
+        return done
+
+    stats = SpeedStats()
+    applied: dict[str, Any] = {}
+    if resolved.eager:
+        acc = Accelerated(resolved, unet, Decoder(model, vae_batch, stats=stats), stats, applied)
+        _APPLIED[unet] = acc
+        return acc
+
+    if resolved.compile:
+        unet.to(memory_format=torch.channels_last)
+        vae.to(memory_format=torch.channels_last)
+        applied["fused_qkv"] = _fuse_qkv(unet, "unet") and _fuse_qkv(vae, "vae")
+    if resolved.quantize == "fp8":
+        applied["fp8_linear_layers"] = _fp8_quantize(unet, model.dtype)
+    compiler = None
+    if resolved.compile:
+        cache = use_compile_cache()
+        applied["compile_cache"] = str(cache)
+        opts = dict(INDUCTOR_OPTIONS if inductor_options is None else inductor_options)
+        unet_opts = {**opts, "triton.cudagraphs": resolved.cuda_graphs}
+
+        def compiler(fn, which: str):
+            # dynamic=False: one specialised graph per shape; static_batch keeps the shapes fixed.
+            return torch.compile(fn, dynamic=False, options=unet_opts if which == "unet" else opts)
+
+    attention = sdpa_backend_context if resolved.attention else None
+    runner = StaticBatchRunner(
+        unet if compiler is None else compiler(unet, "unet"),
+        name="unet", device=model.device, stats=stats,
+        pad=resolved.compile, compiled=resolved.compile, cuda_graphs=resolved.cuda_graphs,
+        context=(lambda: attention(resolved.attention)) if attention else None,
+        capacity=2 * batch_size if batch_size else None,
+    )
+    decoder = Decoder(model, vae_batch, stats=stats, compiler=compiler, rows=batch_size)
+    acc = Accelerated(resolved, runner, decoder, stats, applied)
+    _APPLIED[unet] = acc
+    log.info("model %s runs with %s", model.name, {**resolved.describe(), **applied})
+    return acc
