@@ -191,6 +191,9 @@ def check_attention_backend(attention: str, device: torch.device, dtype: torch.d
 
     import torch.nn.functional as F
 
+    if device.type != "cuda" and attention in ("efficient", "cudnn"):
+        raise SpeedOptionError("attention", f"attention={attention}: PyTorch has that kernel on CUDA only; "
+                                            f"on {device} choose flash, math or auto")
     for head_dim in head_dims:
         q = torch.randn(2, 2, 16, head_dim, device=device, dtype=dtype)
         kv = torch.randn(2, 2, 24, head_dim, device=device, dtype=dtype)

@@ -1,0 +1,163 @@
+"""Speed switches keep images: the compiled engine equals eager, padding to a fixed batch changes no
+real row, batch invariance holds with every switch on, and bad or impossible switches are refused
+before any work with the reason.
+
+One compiled engine serves the module (inductor on CPU takes tens of seconds per compiled shape):
+every compiled test uses schedulers with integer timesteps (ddim, pndm, dpmpp_2m) and one batch
+size, so the UNet and the VAE decode compile once each.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from sdbatch.pipeline.acceleration import (
+    ATTENTION_CHOICES,
+    SpeedOptionError,
+    SpeedOptions,
+    accelerate,
+)
+from sdbatch.pipeline.engine import BatchedEngine, BatchSettings, RowInput
+from sdbatch.pipeline.loading import load_model
+from test_engine import assert_close, mixed_rows
+
+STEPS = 6
+BATCH = 4
+# every switch this CPU can run: compile, an explicit attention kernel (PyTorch has flash on CPU)
+ALL_ON = SpeedOptions(compile="on", attention="flash", cuda_graphs="auto", quantize="none")
+
+
+@pytest.fixture(scope="module")
+def eager(tiny_base):
+    return BatchedEngine(load_model(tiny_base, "cpu", "fp32"))
+
+
+@pytest.fixture(scope="module")
+def compiled(tiny_base, tmp_path_factory):
+    """The engine with every CPU switch on, compiled once (warmed by a full batch), its compile
+    cache in a fresh sdbatch cache folder."""
+    cache = tmp_path_factory.mktemp("speed-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SDBATCH_CACHE", str(cache))
+        mp.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+        mp.delenv("TRITON_CACHE_DIR", raising=False)
+        engine = BatchedEngine(load_model(tiny_base, "cpu", "fp32"), speed=ALL_ON, batch_size=BATCH)
+        started = time.perf_counter()
+        engine.generate(BatchSettings(32, 32, STEPS, "ddim"), mixed_rows(BATCH))
+        engine.warm_seconds = time.perf_counter() - started
+        yield engine
+
+
+def test_compiled_engine_equals_eager(eager, compiled):
+    rows = mixed_rows(BATCH)
+    for scheduler in ("ddim", "pndm"):
+        settings = BatchSettings(32, 32, STEPS, scheduler)
+        ref = eager.generate(settings, rows).images
+        out = compiled.generate(settings, rows).images
+        for a, b in zip(out, ref):
+            assert_close(a, b)
+
+
+def test_compile_time_is_reported_and_cached_on_disk(compiled):
+    report = compiled.speed.report()
+    assert report["compile"] is True and report["attention"] == "flash"
+    assert report["fused_qkv"] is True
+    assert 0 < report["compile_seconds"] <= compiled.warm_seconds
+    assert set(report["compile_seconds_by_module"]) == {"unet", "vae_decode"}
+    cache = report["compile_cache"]
+    assert cache.endswith("torchinductor")
+    from pathlib import Path
+
+    assert any(p.is_file() for p in Path(cache).rglob("*")), "nothing compiled was written to the cache"
+
+
+def test_padding_rows_do_not_change_real_rows(eager, compiled):
+    """Short batches and batches without guided rows are padded to the full batch's shapes; real
+    rows come out as they do unpadded, and one compile serves them all."""
+    settings = BatchSettings(32, 32, STEPS, "ddim")
+    rows = mixed_rows(BATCH)
+    unguided = [RowInput(f"no guidance {i}", seed=40 + i, guidance_scale=1.0) for i in range(2)]
+    padded_before = dict(compiled.speed.stats.padded_samples)
+    for batch in (rows[:1], rows[1:4], unguided):
+        out = compiled.generate(settings, batch).images
+        ref = eager.generate(settings, batch).images
+        assert out.shape == ref.shape == (len(batch), 32, 32, 3)
+        for a, b in zip(out, ref):
+            assert_close(a, b)
+    stats = compiled.speed.stats
+    assert stats.padded_samples["unet"] > padded_before.get("unet", 0)
+    assert stats.padded_samples["vae_decode"] > padded_before.get("vae_decode", 0)
+    assert stats.compiled_shapes == {"unet": 1, "vae_decode": 1}
+
+
+def test_batch_invariance_with_every_switch_on(compiled):
+    rows = mixed_rows(BATCH)
+    settings = BatchSettings(32, 32, STEPS, "dpmpp_2m")
+    batch = compiled.generate(settings, rows).images
+    for k in (0, 3):
+        assert_close(compiled.generate(settings, [rows[k]]).images[0], batch[k])
+    moved = compiled.generate(settings, [rows[3], rows[1], rows[0]]).images
+    assert_close(moved[0], batch[3])
+    assert_close(moved[2], batch[0])
+
+
+def test_submit_returns_a_pending_batch(compiled):
+    pending = compiled.submit(BatchSettings(32, 32, STEPS, "ddim"), mixed_rows(2))
+    result = pending.result()
+    assert result.images.dtype == np.uint8 and result.images.shape == (2, 32, 32, 3)
+    assert result.scheduler == "ddim" and pending.images.done()
+
+
+# -- refusals (no compile) -----------------------------------------------------------------
+@pytest.mark.parametrize("option, bad", [("compile", "yes"), ("attention", "xformers"),
+                                         ("cuda_graphs", "always"), ("quantize", "int4")])
+def test_bad_values_are_refused_naming_the_choices(option, bad):
+    with pytest.raises(SpeedOptionError, match=f"{option}: unknown value '{bad}'") as caught:
+        SpeedOptions(**{option: bad})
+    assert isinstance(caught.value, ValueError) and caught.value.option == option
+
+
+def test_cuda_graphs_need_compile_and_cuda():
+    with pytest.raises(SpeedOptionError, match="needs compile"):
+        SpeedOptions(compile="off", cuda_graphs="on")
+    with pytest.raises(SpeedOptionError, match="needs a CUDA device"):
+        SpeedOptions(compile="on", cuda_graphs="on").resolve("cpu", torch.float32, batch_size=1)
+
+
+def test_auto_resolves_to_eager_on_cpu():
+    resolved = SpeedOptions().resolve("cpu", torch.float32, batch_size=1)
+    assert not resolved.compile and not resolved.cuda_graphs and resolved.eager
+
+
+@pytest.mark.parametrize("backend", ["efficient", "cudnn"])
+def test_attention_backend_this_device_lacks_is_refused(backend):
+    assert backend in ATTENTION_CHOICES
+    with pytest.raises(SpeedOptionError, match=f"attention={backend}: .*CUDA only") as caught:
+        SpeedOptions(attention=backend).resolve("cpu", torch.float32)
+    assert caught.value.option == "attention"
+
+
+@pytest.mark.skipif(torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9),
+                    reason="this machine has an fp8-capable GPU")
+def test_fp8_without_a_capable_gpu_is_refused_with_the_reason(tiny_base):
+    model = load_model(tiny_base, "cpu", "fp32")
+    with pytest.raises(SpeedOptionError, match=r"fp8 needs a CUDA GPU of compute capability >= 8.9") as caught:
+        BatchedEngine(model, speed=SpeedOptions(quantize="fp8"))
+    assert caught.value.option == "quantize"
+    assert SpeedOptions(quantize="fp8").lossy
+    assert SpeedOptions(quantize="fp8").image_affecting() == {"quantize": "fp8"}
+    assert SpeedOptions(compile="on", attention="math").image_affecting() == {}
+
+
+def test_a_model_runs_with_one_set_of_switches(tiny_base):
+    """Fusing and quantizing change the model in place: another set of switches on the same loaded
+    model is refused, the same set again returns what was applied."""
+    model = load_model(tiny_base, "cpu", "fp32")
+    first = accelerate(model, SpeedOptions(compile="off", attention="math"))
+    assert accelerate(model, SpeedOptions(compile="off", attention="math")) is first
+    with pytest.raises(SpeedOptionError, match="already runs with"):
+        accelerate(model, SpeedOptions(compile="on"))
