@@ -239,18 +239,26 @@ def sdbatch_cache_dir() -> Path:
 
 
 def use_compile_cache(root: Path | None = None) -> Path:
-    """Point inductor's on-disk caches (FX graphs, AOT autograd, autotuning, Triton kernels) at the
-    sdbatch cache folder, unless the user already pointed them elsewhere; returns inductor's folder.
-    Inductor reads these variables when it looks a graph up, so this must run before compiling."""
+    """Point inductor's on-disk caches (FX graphs, AOT autograd, autotuning, Triton kernels, all
+    under ``TORCHINDUCTOR_CACHE_DIR``) at the sdbatch cache folder, unless the user pointed them
+    elsewhere; returns inductor's folder. Must run before compiling. Inductor writes its own
+    default into the variable the first time it looks, so that default counts as unset."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
     root = root or sdbatch_cache_dir()
-    inductor = Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(root / "torchinductor")))
-    os.environ.setdefault("TRITON_CACHE_DIR", str(root / "triton"))
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current is None or os.path.abspath(current) == os.path.abspath(default_cache_dir()):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(root / "torchinductor")
+        if current is not None:  # inductor may hold paths under the old folder in memory
+            from torch._inductor.utils import clear_caches
+
+            clear_caches()
     import torch._functorch.config as functorch_config
     import torch._inductor.config as inductor_config
 
     inductor_config.fx_graph_cache = True
     functorch_config.enable_autograd_cache = True
-    return inductor
+    return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
 
 
 # -- applying ---------------------------------------------------------------------------------------------
@@ -342,7 +350,9 @@ def accelerate(model: LoadedModel, options: SpeedOptions | None = None, *, batch
 
     if resolved.compile:
         unet.to(memory_format=torch.channels_last)
-        vae.to(memory_format=torch.channels_last)
+        for part in (vae.post_quant_conv, vae.decoder):  # the encoder stays eager: left as it is
+            if part is not None:
+                part.to(memory_format=torch.channels_last)
         applied["fused_qkv"] = _fuse_qkv(unet, "unet") and _fuse_qkv(vae, "vae")
     if resolved.quantize == "fp8":
         applied["fp8_linear_layers"] = _fp8_quantize(unet, model.dtype)
