@@ -10,7 +10,8 @@ Measured, each after a warm-up batch (which for compiled variants is where compi
 
 * stock ``StableDiffusionPipeline`` at batches 16/32/64 (``--stock-batches``);
 * the engine (``BatchedEngine.generate``) at ``--engine-batches``: eager, then each switch on its own
-  (attention kernels, compile, compile + CUDA graphs, fp8) and all together (``--variants``);
+  (attention kernels, compile, compile + CUDA graphs, fp8) and all together (``--variants``), and
+  compile with inductor's default settings instead of diffusers' recommended ones;
 * per variant: images/s, ratio to stock's best, peak GPU memory, compile seconds (first batch), and
   the largest uint8 difference from eager on the same rows; for fp8 also the mean absolute pixel
   difference and PSNR against eager fp16;
@@ -48,7 +49,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 
-from sdbatch.pipeline.acceleration import SpeedOptionError, SpeedOptions
+from sdbatch.pipeline.acceleration import SpeedOptionError, SpeedOptions, accelerate
 from sdbatch.pipeline.engine import BatchedEngine, BatchSettings, RowInput
 from sdbatch.pipeline.loading import LoadedModel, load_model, quiet_libraries
 
@@ -62,6 +63,7 @@ PROMPTS = ["an astronaut riding a horse on the moon", "a bowl of fruit on a wood
 class Variant:
     label: str
     options: SpeedOptions
+    inductor_options: dict | None = None  # None: sdbatch's INDUCTOR_OPTIONS
 
 
 def variants(all_attention: str) -> list[Variant]:
@@ -70,6 +72,7 @@ def variants(all_attention: str) -> list[Variant]:
         Variant("eager", SpeedOptions(**off)),
         *[Variant(f"attention={a}", SpeedOptions(**{**off, "attention": a})) for a in ("flash", "cudnn", "efficient")],
         Variant("compile", SpeedOptions(**{**off, "compile": "on"})),
+        Variant("compile(inductor defaults)", SpeedOptions(**{**off, "compile": "on"}), inductor_options={}),
         Variant("compile+cuda_graphs", SpeedOptions(**{**off, "compile": "on", "cuda_graphs": "on"})),
         Variant("fp8", SpeedOptions(**{**off, "quantize": "fp8"})),
         Variant("all", SpeedOptions(compile="on", attention=all_attention, cuda_graphs="auto")),
@@ -185,6 +188,8 @@ def measure_engine(pristine, args, device, dtype, variant: Variant, batch: int) 
     torch._dynamo.reset()
     model = fresh_model(pristine, device, dtype)
     try:
+        if variant.inductor_options is not None:  # applied first; the engine finds it applied
+            accelerate(model, variant.options, batch_size=batch, inductor_options=variant.inductor_options)
         engine = BatchedEngine(model, speed=variant.options, batch_size=batch)
     except SpeedOptionError as exc:
         return {**out, "skipped": str(exc)}, None

@@ -188,3 +188,25 @@ def test_denoising_loop_does_not_wait_for_the_gpu(tiny_base, scheduler):
         pending.result()
         counts.append(sum("synchroniz" in str(w.message) for w in caught))
     assert counts[0] == counts[1], f"host syncs at 3 and 6 steps: {counts}"
+
+
+def test_gpu_benchmark_runs_on_cpu_with_the_tiny_model(tmp_path):
+    """The benchmark's --tiny smoke run: stock and engine measured, JSON written, images equal."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_throughput.py"
+    out = tmp_path / "result.json"
+    done = subprocess.run([sys.executable, str(script), "--tiny", "--stock-batches", "2", "--engine-batches", "2",
+                           "--variants", "eager,attention=flash,fp8", "--reps", "1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    runs = {r["label"]: r for r in report["runs"]}
+    assert report["device_type"] == "cpu" and report["stock_best_images_per_s"] > 0
+    assert runs["eager"]["vs_stock"]["max_abs_uint8"] <= 1
+    assert runs["attention=flash"]["vs_eager"]["max_abs_uint8"] <= 1
+    assert "compute capability" in runs["fp8"]["skipped"]
+    assert "attention=flash" in done.stdout
