@@ -64,6 +64,7 @@ INDUCTOR_OPTIONS: dict[str, Any] = {
 }
 
 FP8_MIN_CAPABILITY = (8, 9)
+RECOMPILE_LIMIT = 64  # compiled graphs per function (dynamo's default is 8)
 
 _SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
                   "cudnn": "CUDNN_ATTENTION", "math": "MATH"}
@@ -358,6 +359,11 @@ def accelerate(model: LoadedModel, options: SpeedOptions | None = None, *, batch
     if resolved.compile:
         cache = use_compile_cache()
         applied["compile_cache"] = str(cache)
+        # one graph per (image size, timestep dtype, model): dynamo's default of 8 per function
+        # would send a job with many sizes back to eager without a word
+        import torch._dynamo.config as dynamo_config
+
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
         opts = dict(INDUCTOR_OPTIONS if inductor_options is None else inductor_options)
         unet_opts = {**opts, "triton.cudagraphs": resolved.cuda_graphs}
 
