@@ -41,6 +41,7 @@ from typing import Any, Callable
 
 import torch
 
+from .cache import cache_dir
 from .loading import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -234,11 +235,6 @@ def check_fp8(device: torch.device, dtype: torch.dtype) -> None:
 
 
 # -- the compile cache -------------------------------------------------------------------------------
-def sdbatch_cache_dir() -> Path:
-    """The sdbatch cache folder: ``SDBATCH_CACHE``, default ~/.cache/sdbatch."""
-    return Path(os.environ.get("SDBATCH_CACHE", Path.home() / ".cache" / "sdbatch"))
-
-
 def use_compile_cache(root: Path | None = None) -> Path:
     """Point inductor's on-disk caches (FX graphs, AOT autograd, autotuning, Triton kernels, all
     under ``TORCHINDUCTOR_CACHE_DIR``) at the sdbatch cache folder, unless the user pointed them
@@ -246,7 +242,7 @@ def use_compile_cache(root: Path | None = None) -> Path:
     default into the variable the first time it looks, so that default counts as unset."""
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
-    root = root or sdbatch_cache_dir()
+    root = root or cache_dir()
     current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     if current is None or os.path.abspath(current) == os.path.abspath(default_cache_dir()):
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(root / "torchinductor")
