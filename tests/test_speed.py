@@ -210,3 +210,23 @@ def test_gpu_benchmark_runs_on_cpu_with_the_tiny_model(tmp_path):
     assert runs["attention=flash"]["vs_eager"]["max_abs_uint8"] <= 1
     assert "compute capability" in runs["fp8"]["skipped"]
     assert "attention=flash" in done.stdout
+
+
+def test_padding_keeps_sdxl_rows_and_their_added_conditioning(family_models):
+    """SDXL's UNet takes per-sample pooled embeddings and time ids besides the hidden states:
+    padding pads them with the samples, and real rows come out as unpadded (eager UNet, padded as
+    compile pads it, so that no compile is needed here)."""
+    from test_sdxl import xl_rows
+
+    from sdbatch.pipeline.static_batch import SpeedStats, StaticBatchRunner
+
+    settings = BatchSettings(32, 32, STEPS, "euler")
+    rows = xl_rows(3)
+    plain = BatchedEngine(load_model(family_models["xl"], "cpu", "fp32"))
+    padded = BatchedEngine(load_model(family_models["xl"], "cpu", "fp32"))
+    stats = SpeedStats()
+    padded.speed.unet = StaticBatchRunner(padded.pipe.unet, name="unet", device=padded.device, stats=stats,
+                                          pad=True, compiled=False, capacity=2 * 8)
+    for a, b in zip(padded.generate(settings, rows).images, plain.generate(settings, rows).images):
+        assert_close(a, b)
+    assert stats.padded_samples["unet"] > 0
