@@ -289,12 +289,16 @@ class Accelerated:
     decode: Any  # decoding.Decoder
     stats: SpeedStats
     applied: dict[str, Any] = field(default_factory=dict)
+    rows: int = 0  # the most rows per batch the static sizes were made for
 
     def reserve(self, rows: int) -> None:
-        """Batches of up to ``rows`` rows are coming: size the static shapes for them (a larger
-        batch than before compiles once more; smaller ones are padded)."""
+        """Batches of up to ``rows`` rows are coming: size the static shapes for them (a batch
+        larger than any before compiles once more; smaller ones are padded)."""
+        if rows <= self.rows:
+            return
+        self.rows = rows
         if hasattr(self.unet, "reserve"):
-            self.unet.reserve(2 * rows)  # at most two UNet samples per row (guidance)
+            self.unet.reserve(rows, 2 * rows)  # one UNet sample per unguided row, two per guided one
         self.decode.reserve(rows)
 
     def check_loras(self, loras: tuple) -> None:
@@ -372,10 +376,10 @@ def accelerate(model: LoadedModel, options: SpeedOptions | None = None, *, batch
         name="unet", device=model.device, stats=stats,
         pad=resolved.compile, compiled=resolved.compile, cuda_graphs=resolved.cuda_graphs,
         context=(lambda: sdpa_backend_context(resolved.attention)) if resolved.attention else None,
-        capacity=2 * batch_size if batch_size else None,
     )
-    decoder = Decoder(model, vae_batch, stats=stats, compiler=compiler, rows=batch_size)
-    acc = Accelerated(resolved, runner, decoder, stats, applied)
+    acc = Accelerated(resolved, runner, Decoder(model, vae_batch, stats=stats, compiler=compiler), stats, applied)
+    if batch_size:
+        acc.reserve(batch_size)
     _APPLIED[unet] = acc
     log.info("model %s runs with %s", model.name, {**resolved.describe(), **applied})
     return acc

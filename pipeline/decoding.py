@@ -21,7 +21,7 @@ from .static_batch import SpeedStats, StaticBatchRunner
 
 class Decoder:
     def __init__(self, model: LoadedModel, vae_batch: int, *, stats: SpeedStats,
-                 compiler: Callable[[Callable, str], Callable] | None = None, rows: int | None = None):
+                 compiler: Callable[[Callable, str], Callable] | None = None):
         self.model = model
         self.vae_batch = vae_batch
         self._latent_stats: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -29,7 +29,7 @@ class Decoder:
         fn = self.to_uint8 if compiler is None else compiler(self.to_uint8, "vae")
         self.run = StaticBatchRunner(
             fn, name="vae_decode", device=model.device, stats=stats, pad=compiler is not None,
-            compiled=compiler is not None, capacity=min(vae_batch, rows) if rows else None,
+            compiled=compiler is not None,
         )
 
     def reserve(self, rows: int) -> None:

@@ -3,8 +3,10 @@
 A compiled module is specialised to its input shapes; a new batch size means a new compile (about
 1.5 minutes for an SD UNet on a GPU). Batches differ in size twice over: the last batch of a job is
 short, and the UNet sees ``uncond of the guided rows + cond of every row`` samples, which depends on
-how many rows have guidance > 1. So every compiled call is padded on the batch dimension to a fixed
-capacity (for the UNet, two samples per row of the job's batch size): one compile serves the job.
+how many rows have guidance > 1. So every compiled call is padded on the batch dimension to one of
+a few sizes: for the UNet, one sample per row of the job's batch size (batches whose rows are all
+unguided, as with distilled few-step models) or two (any guided row). A size already compiled is
+preferred to a smaller one not yet compiled, so a job compiles once, or twice at most.
 
 Padding happens at the module's boundary, not by adding rows: padding samples are copies of the
 call's last sample, they draw from no generator, no scheduler or text encoder sees them, and their
@@ -66,8 +68,10 @@ def _signature(args: tuple, kwargs: dict) -> tuple:
 
 class StaticBatchRunner:
     """Calls ``fn`` (a module or function whose first argument is batched) with every tensor whose
-    first dimension is the batch padded to ``capacity``; returns outputs for the real rows only.
+    first dimension is the batch padded to a static size; returns outputs for the real rows only.
 
+    ``sizes``: the sizes calls are padded to (the smallest already used that fits, else the smallest
+    that fits; a call larger than all of them becomes a size of its own).
     ``pad``: off for eager modules, which gain nothing from fixed shapes. ``compiled``: time the
     first call at each input signature as compile time. ``cuda_graphs``: mark a new graph step
     before each call and copy the outputs out of the graph's memory, which its next replay reuses
@@ -76,7 +80,7 @@ class StaticBatchRunner:
 
     def __init__(self, fn: Callable[..., Any], *, name: str, device: torch.device, stats: SpeedStats,
                  pad: bool = True, compiled: bool = True, cuda_graphs: bool = False,
-                 context: Callable[[], Any] | None = None, capacity: int | None = None):
+                 context: Callable[[], Any] | None = None, sizes: tuple[int, ...] = ()):
         self.fn = fn
         self.name = name
         self.device = torch.device(device)
@@ -85,16 +89,22 @@ class StaticBatchRunner:
         self.compiled = compiled
         self.cuda_graphs = cuda_graphs
         self.context = context or nullcontext
-        self.capacity = capacity
+        self.sizes: set[int] = set(sizes)
+        self._used: set[int] = set()
         self._seen: set[tuple] = set()
 
-    def reserve(self, size: int) -> None:
-        """Calls of up to ``size`` samples are coming: pad to at least that."""
-        if self.pad and (self.capacity is None or size > self.capacity):
-            if self.capacity is not None:
-                log.info("%s: static batch grows from %d to %d samples (one more compile)", self.name,
-                         self.capacity, size)
-            self.capacity = size
+    def reserve(self, *sizes: int) -> None:
+        """Calls of up to ``max(sizes)`` samples are coming: pad to these sizes."""
+        self.sizes.update(sizes)
+
+    def padded_size(self, n: int) -> int:
+        fits = [s for s in self._used if s >= n] or [s for s in self.sizes if s >= n]
+        size = min(fits) if fits else n
+        if not fits and self.sizes:
+            log.info("%s: a call of %d samples is larger than every static size %s (one more compile)",
+                     self.name, n, sorted(self.sizes))
+        self._used.add(size)
+        return size
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -104,8 +114,7 @@ class StaticBatchRunner:
         n = sample.shape[0]
         extra = 0
         if self.pad:
-            self.reserve(n)
-            extra = self.capacity - n
+            extra = self.padded_size(n) - n
         if extra:
             sample, args, kwargs = tree_map(lambda x: _pad_rows(x, n, extra), (sample, args, kwargs))
             self.stats.padded_samples[self.name] = self.stats.padded_samples.get(self.name, 0) + extra

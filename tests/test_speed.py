@@ -226,7 +226,29 @@ def test_padding_keeps_sdxl_rows_and_their_added_conditioning(family_models):
     padded = BatchedEngine(load_model(family_models["xl"], "cpu", "fp32"))
     stats = SpeedStats()
     padded.speed.unet = StaticBatchRunner(padded.pipe.unet, name="unet", device=padded.device, stats=stats,
-                                          pad=True, compiled=False, capacity=2 * 8)
+                                          pad=True, compiled=False, sizes=(8, 16))  # batch size 8
     for a, b in zip(padded.generate(settings, rows).images, plain.generate(settings, rows).images):
         assert_close(a, b)
     assert stats.padded_samples["unet"] > 0
+
+
+def test_unguided_batches_are_not_padded_to_guided_size(eager, tiny_base):
+    """Rows with guidance <= 1 cost one UNet sample: a job of such rows pads to one sample per row
+    of the batch size, not two; a guided batch then takes the two-per-row size; real rows are kept."""
+    from sdbatch.pipeline.static_batch import SpeedStats, StaticBatchRunner
+
+    engine = BatchedEngine(load_model(tiny_base, "cpu", "fp32"))
+    stats = SpeedStats()
+    engine.speed.unet = StaticBatchRunner(engine.pipe.unet, name="unet", device=engine.device, stats=stats,
+                                          pad=True, compiled=False)
+    engine.speed.reserve(BATCH)  # what a job's batch size does
+    settings = BatchSettings(32, 32, STEPS, "ddim")
+    unguided = [RowInput(f"turbo {i}", seed=60 + i, guidance_scale=1.0) for i in range(BATCH - 1)]
+    padded = []
+    guided = [mixed_rows(BATCH)[i] for i in (0, 2, 3)]  # guidance 7.5, 3.0, 12.0
+    for batch in (unguided, guided):
+        before = stats.padded_samples.get("unet", 0)
+        for a, b in zip(engine.generate(settings, batch).images, eager.generate(settings, batch).images):
+            assert_close(a, b)
+        padded.append((stats.padded_samples.get("unet", 0) - before) // STEPS)
+    assert padded == [1, 2]  # 3 samples -> 4 (one per row); 6 samples -> 8 (two per row)
