@@ -119,12 +119,19 @@ class SpeedOptions:
         return {"quantize": self.quantize} if self.lossy else {}
 
     def resolve(self, device: torch.device | str, dtype: torch.dtype = torch.float16,
-                batch_size: int | None = None, model: LoadedModel | None = None) -> ResolvedSpeed:
+                batch_size: int | None = None, model: LoadedModel | None = None,
+                uses_lora: bool = False) -> ResolvedSpeed:
         """What runs on ``device``: ``auto`` decided, and whatever cannot run there refused with the
-        reason. ``model``, when given, lets the attention check use the UNet's real head sizes."""
+        reason. ``model``, when given, lets the attention check use the UNet's real head sizes.
+        ``uses_lora``: the job has rows with LoRAs, which run on the UNet as loaded (compile=auto
+        turns off; compile=on and fp8 are refused)."""
         device = torch.device(device)
         cuda = device.type == "cuda"
-        compile_on = self.compile == "on" or (self.compile == "auto" and cuda)
+        compile_on = self.compile == "on" or (self.compile == "auto" and cuda and not uses_lora)
+        if uses_lora and (self.compile == "on" or self.quantize != "none"):
+            raise SpeedOptionError("compile" if self.compile == "on" else "quantize",
+                                   lora_conflict(ResolvedSpeed(compile=self.compile == "on",
+                                                               quantize=None if self.quantize == "none" else self.quantize)))
         if self.cuda_graphs == "on" and not cuda:
             raise SpeedOptionError("cuda_graphs", f"cuda_graphs=on needs a CUDA device; this run uses {device}")
         if self.cuda_graphs == "on" and not compile_on:

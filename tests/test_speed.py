@@ -252,3 +252,22 @@ def test_unguided_batches_are_not_padded_to_guided_size(eager, tiny_base):
             assert_close(a, b)
         padded.append((stats.padded_samples.get("unet", 0) - before) // STEPS)
     assert padded == [1, 2]  # 3 samples -> 4 (one per row); 6 samples -> 8 (two per row)
+
+
+def test_lora_rows_are_refused_on_a_changed_unet(compiled, tiny_adapters):
+    """Fused QKV projections would bypass a LoRA's layers (wrong images, no error): LoRA jobs run
+    with compile off (auto turns it off), and a LoRA batch reaching a compiled model is refused
+    before its adapters load."""
+    import hashlib
+
+    from sdbatch.pipeline.batch import LoraWeight
+
+    path = tiny_adapters["lora-b"]
+    lora = LoraWeight(path, 1.0, hashlib.sha256(open(path, "rb").read()).hexdigest())
+    with pytest.raises(SpeedOptionError, match="LoRAs cannot run with compile on") as caught:
+        compiled.generate(BatchSettings(32, 32, STEPS, "ddim", loras=(lora,)), mixed_rows(1))
+    assert caught.value.option == "compile"
+    assert not getattr(compiled.pipe.unet, "peft_config", None)  # no adapter was loaded
+    with pytest.raises(SpeedOptionError, match="LoRAs cannot run with quantize on"):
+        SpeedOptions(compile="off", quantize="fp8").resolve("cpu", torch.float32, uses_lora=True)
+    assert not SpeedOptions(compile="auto").resolve("cuda", uses_lora=True).compile
