@@ -15,6 +15,14 @@ import traceback
 import click
 
 from sdbatch.jobs.image_cells import DEFAULT_MAX_IMAGE_BYTES
+from sdbatch.pipeline.speed_options import (
+    ATTENTION_CHOICES,
+    COMPILE_CHOICES,
+    CUDA_GRAPHS_CHOICES,
+    QUANTIZE_CHOICES,
+    SpeedOptionError,
+    SpeedOptions,
+)
 
 from . import exit_codes
 from .options import prompt_options, s3_from, s3_options
@@ -122,13 +130,24 @@ def _print_dry_run(found, batch_size: int) -> None:
 @click.option("--dry-run", is_flag=True,
               help="Validate, plan and check the models as run does, print the plan, and write nothing to "
                    "--out. Exits 0 when run would start, 2 when it would refuse.")
+@click.option("--compile", "compile_", type=click.Choice(COMPILE_CHOICES), default="auto", show_default=True,
+              help="torch.compile the UNet and VAE decoder (one compile a job, cached under SDBATCH_CACHE; "
+                   "images within 1 uint8 of eager). auto: on for CUDA, off for jobs with LoRA rows.")
+@click.option("--attention", type=click.Choice(ATTENTION_CHOICES), default="auto", show_default=True,
+              help="PyTorch attention kernel for the UNet; refused if this GPU and dtype lack it. auto: PyTorch's choice.")
+@click.option("--cuda-graphs", type=click.Choice(CUDA_GRAPHS_CHOICES), default="auto", show_default=True,
+              help="CUDA graphs for the compiled UNet (they pay for small batches). auto: on for CUDA, compile "
+                   "on, batches of 8 or fewer.")
+@click.option("--quantize", type=click.Choice(QUANTIZE_CHOICES), default="none", show_default=True,
+              help="LOSSY: fp8 UNet linear layers (torchao; GPUs of compute capability 8.9+, refused elsewhere). "
+                   "Part of the job (a resume may not change it) and of each row's metadata.")
 @prompt_options
 @s3_options
 @click.pass_context
 def run(ctx, manifest, model, out, executor, address, actors, gpus_per_actor, device, dtype, batch_size,
         shard_size, shard_retries, actor_restarts, shared_fs, overwrite, image_format, quality, layout, refiner, labels,
-        allow_paths, max_image_bytes, repair, dry_run, prompt_syntax, embeddings, lora_dir, s3_endpoint_url,
-        s3_path_style, s3_retries) -> None:
+        allow_paths, max_image_bytes, repair, dry_run, compile_, attention, cuda_graphs, quantize, prompt_syntax,
+        embeddings, lora_dir, s3_endpoint_url, s3_path_style, s3_retries) -> None:
     """Generate one image (or one error row) for every row of MANIFEST.
 
     Running the same command again resumes: committed shards are skipped, and rows that failed for
@@ -148,9 +167,13 @@ def run(ctx, manifest, model, out, executor, address, actors, gpus_per_actor, de
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     s3 = s3_from(s3_endpoint_url, s3_path_style, s3_retries)
+    try:
+        speed = SpeedOptions(compile=compile_, attention=attention, cuda_graphs=cuda_graphs, quantize=quantize)
+    except SpeedOptionError as exc:
+        raise click.UsageError(str(exc)) from None
     worker = WorkerConfig(device=device, dtype=None if dtype == "auto" else dtype, batch_size=batch_size,
                           output=output, s3=s3, refiner=refiner, max_image_bytes=max_image_bytes,
-                          embeddings=tuple(embeddings), lora_dir=lora_dir)
+                          embeddings=tuple(embeddings), lora_dir=lora_dir, speed=speed)
     ray_config = RayConfig(address=address, actors=actors, gpus_per_actor=gpus_per_actor,
                            shard_retries=shard_retries, actor_restarts=actor_restarts, shared_fs=shared_fs,
                            verbose=verbose > 0)
@@ -166,7 +189,7 @@ def run(ctx, manifest, model, out, executor, address, actors, gpus_per_actor, de
     except ManifestError as exc:
         click.echo(f"error: manifest refused: {exc}", err=True)
         sys.exit(exit_codes.REFUSED)
-    except (JobRefused, ModelLoadError) as exc:
+    except (JobRefused, ModelLoadError, SpeedOptionError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(exit_codes.REFUSED)
     except StorageError as exc:

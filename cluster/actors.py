@@ -39,6 +39,7 @@ class GeneratorActor:
         from sdbatch.jobs.worker import ShardWorker
         from sdbatch.pipeline.loading import quiet_libraries
         from sdbatch.pipeline.model_files import ModelLoadError
+        from sdbatch.pipeline.speed_options import SpeedOptionError
 
         import torch
 
@@ -53,7 +54,7 @@ class GeneratorActor:
                                   name=f"{name}@{socket.gethostname()}:{os.getpid()}")
         try:
             self.worker.load(models)
-        except ModelLoadError as exc:
+        except (ModelLoadError, SpeedOptionError) as exc:  # the job cannot run here as asked
             self.error = str(exc)
         self.load_seconds = time.perf_counter() - started
 

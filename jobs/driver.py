@@ -143,7 +143,7 @@ def _plan(request: RunRequest, staging, models_as_problems: bool = False) -> _Pl
     output = request.worker.output
     options = OutputOptions(dtype=request.worker.dtype or "auto", shard_size=request.shard_size,
                             layout=output.layout, image_format=output.image.name,
-                            quality=output.image.effective_quality)
+                            quality=output.image.effective_quality, quantize=request.worker.speed.quantize)
     plan = JobPlan(options=options, manifest=request.manifest, fingerprint=planner.fingerprint, models=models,
                    rows=planned.rows, shards=shards, duplicate_rows=planned.report.duplicate_rows)
     return _Planned(plan, planned, checked, image_roots(source.base, request.allow_paths))
@@ -276,6 +276,7 @@ def _run(request: RunRequest, folder: OutputFolder, make_executor: ExecutorFacto
     try:
         planned_job = _plan(request, staging)
         plan, roots = planned_job.plan, planned_job.image_roots
+        uses_lora = bool(planned_job.manifest.planner.adapters.lora_names)
         resumed = _adopt(request, folder, plan)
         _publish_inputs(folder, plan, planned_job.manifest.planner, resumed)
         folder.write_plan(plan)
@@ -295,7 +296,7 @@ def _run(request: RunRequest, folder: OutputFolder, make_executor: ExecutorFacto
     progress = Progress(total=plan.rows, already_done=skipped, already_failed=sum(s.failed for s in done.values()))
     result = ExecutionResult()
     interrupted, stopped = False, None
-    worker = replace(request.worker, image_roots=roots)
+    worker = replace(request.worker, image_roots=roots, uses_lora=uses_lora)
     try:
         if todo:
             executor = make_executor(folder, models_to_load(plan, worker), worker)

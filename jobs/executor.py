@@ -89,6 +89,7 @@ class ShardTracker:
         worker.shards += 1
         worker.rows += stats.rows
         worker.seconds = round(worker.seconds + stats.seconds, 3)
+        worker.compile_seconds = round(worker.compile_seconds + stats.compile_seconds, 3)
 
     def forget(self, shard: str) -> None:
         """An attempt that ended without a commit: its rows no longer count as done."""

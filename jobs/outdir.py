@@ -102,11 +102,12 @@ class OutputOptions:
     layout: str = "files"
     image_format: str = "png"
     quality: int | None = None  # jpeg / webp only
+    quantize: str = "none"  # --quantize fp8 changes images (the other speed switches do not)
 
 
 # How each option is spelled on the command line, for messages.
 OPTION_FLAGS = {"dtype": "--dtype", "shard_size": "--shard-size", "layout": "--layout",
-                "image_format": "--format", "quality": "--quality"}
+                "image_format": "--format", "quality": "--quality", "quantize": "--quantize"}
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,7 @@ class ShardStats:
     job: str = ""
     errors: dict[str, int] = field(default_factory=dict)  # failed rows by error kind
     files: dict[str, int] = field(default_factory=dict)  # the shard's metadata file (and tar): bytes
+    compile_seconds: float = 0.0  # time the worker spent compiling while it ran this shard
 
     @property
     def retryable(self) -> int:

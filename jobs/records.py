@@ -80,6 +80,7 @@ class ResultRecord:
     prompt_syntax: str = "plain"
     clip_skip: int | None = None
     loras: str | None = None  # the row's LoRAs in normal form (name:weight,...)
+    quantize: str | None = None  # a lossy speed switch the image was made with (fp8), else None
     trace: InputTrace = field(default_factory=InputTrace)  # written as its own columns
 
     @classmethod
@@ -125,6 +126,7 @@ METADATA_SCHEMA = pa.schema([
     ("guidance_rescale", pa.float64()), ("prompt_2", pa.string()), ("negative_prompt_2", pa.string()),
     ("original_width", pa.int64()), ("original_height", pa.int64()), ("crop_top", pa.int64()),
     ("crop_left", pa.int64()), ("refiner", pa.string()), ("refiner_start", pa.float64()),
+    ("quantize", pa.string()),
     ("init_image_sha256", pa.string()), ("mask_image_sha256", pa.string()),
     ("depth_map_sha256", pa.string()), ("init_image_width", pa.int64()),
     ("init_image_height", pa.int64()), ("init_image_resized", pa.bool_()),

@@ -19,7 +19,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Iterator
 
 import numpy as np
@@ -28,7 +28,7 @@ import pyarrow as pa
 from sdbatch.manifests.rows import extra_names, rows_of
 from sdbatch.manifests.schema import GenerationRow
 from sdbatch.pipeline.adapters import load_embedding
-from sdbatch.pipeline.engine import BatchedEngine
+from sdbatch.pipeline.engine import BatchedEngine, PendingBatch
 from sdbatch.pipeline.loading import LoadedModel, load_model
 
 from .adapter_files import LoraFiles, resolve_embedding
@@ -95,8 +95,14 @@ class ShardWorker:
             for spec in self.config.embeddings:  # each --embedding into every model, once
                 embedding = resolve_embedding(spec)
                 load_embedding(loaded, embedding.path, embedding.token)
-            self._engines[model] = BatchedEngine(loaded)
+            self._engines[model] = BatchedEngine(loaded, speed=self.config.speed, batch_size=self.config.batch_size,
+                                                 uses_lora=self.config.uses_lora)
         return self._engines[model]
+
+    @property
+    def compile_seconds(self) -> float:
+        """Seconds this worker's engines have spent compiling so far (``--compile``)."""
+        return sum(engine.speed.report().get("compile_seconds", 0.0) for engine in self._engines.values())
 
     @property
     def device(self) -> str:
@@ -110,25 +116,24 @@ class ShardWorker:
     def _store(self, writer: ShardWriter, record: ResultRecord, pixels: np.ndarray, labels: pa.Table) -> None:
         writer.add(record, encode_image(pixels, self.config.output.image, infotext(record)), labels)
 
-    def _generate(self, shard: str, writer: ShardWriter, batch: list[ReadyRow],
-                  labels: dict[int, pa.Table]) -> list[tuple[ResultRecord, Future | None]]:
-        """Run one batch; per row its record and, when it made an image, the pending write."""
-        try:
-            engine = self.engine(batch[0].row.model)
-            settings = batch[0].settings
-            started = time.perf_counter()
-            refiner = self.engine(self.config.refiner) if settings.refiner_start is not None else None
-            result = engine.generate(settings, [ready.input for ready in batch], refiner=refiner)
-        except Exception as exc:  # noqa: BLE001 - a row's failure is recorded, not raised
-            if len(batch) > 1:
-                log.warning("batch of %d failed (%s); retrying row by row", len(batch), exc)
-                return [item for ready in batch for item in self._generate(shard, writer, [ready], labels)]
-            row = batch[0].row
-            log.warning("row %s (manifest row %d) failed: %s", row.id, row.row_index, exc)
-            return [(ResultRecord.failed(row, shard, f"{type(exc).__name__}: {exc}", "internal", batch[0].trace), None)]
-        latency = time.perf_counter() - started
+    def _launch(self, batch: list[ReadyRow]) -> _Launched:
+        """Queue one batch on the device (``engine.submit``); the images come with ``_finish``."""
+        engine = self.engine(batch[0].row.model)
+        settings = batch[0].settings
+        started = time.perf_counter()
+        refiner = self.engine(self.config.refiner) if settings.refiner_start is not None else None
+        return _Launched(batch, engine, started, engine.submit(settings, [ready.input for ready in batch],
+                                                                   refiner=refiner))
+
+    def _finish(self, shard: str, writer: ShardWriter, launched: _Launched,
+                labels: dict[int, pa.Table]) -> list[tuple[ResultRecord, Future | None]]:
+        """A launched batch's records and, for each image, its pending write."""
+        batch, engine, settings = launched.batch, launched.engine, launched.batch[0].settings
+        result = launched.pending.result()
+        latency = time.perf_counter() - launched.started
         used = dict(width=settings.width, height=settings.height, scheduler=result.scheduler,
                     refiner=self.config.refiner if settings.refiner_start is not None else None,
+                    quantize=self.config.speed.image_affecting().get("quantize"),
                     model_revision=engine.model.revision, seconds=latency / len(batch),
                     latency_seconds=latency, timestamp=utc_now(),
                     **asdict(runtime_info(engine.model.device)))
@@ -137,6 +142,39 @@ class ShardWorker:
             record = ResultRecord.for_row(ready.row, shard, ready.trace, image=writer.image_ref(ready.row.key), **used)
             out.append((record, self._submit_write(writer, record, pixels, labels[ready.row.row_index])))
         return out
+
+    def _generate(self, shard: str, writer: ShardWriter, batch: list[ReadyRow], labels: dict[int, pa.Table],
+                  launched: _Launched | None = None) -> list[tuple[ResultRecord, Future | None]]:
+        """One batch (already ``launched``, or launched here): its records and pending writes. A
+        batch that raises is retried row by row, so a bad row fails alone with its error recorded."""
+        try:
+            return self._finish(shard, writer, launched or self._launch(batch), labels)
+        except Exception as exc:  # noqa: BLE001 - a row's failure is recorded, not raised
+            if len(batch) > 1:
+                log.warning("batch of %d failed (%s); retrying row by row", len(batch), exc)
+                return [item for ready in batch for item in self._generate(shard, writer, [ready], labels)]
+            row = batch[0].row
+            log.warning("row %s (manifest row %d) failed: %s", row.id, row.row_index, exc)
+            return [(ResultRecord.failed(row, shard, f"{type(exc).__name__}: {exc}", "internal", batch[0].trace), None)]
+
+    def _batches(self, shard: str, writer: ShardWriter, batches: list[list[ReadyRow]], labels: dict[int, pa.Table]):
+        """Each batch's outcomes, with the next batch queued on the device before the previous
+        one's images are fetched and written: the device does not wait for the host."""
+        previous: tuple[list[ReadyRow], _Launched | None] | None = None
+        for batch in batches:
+            try:
+                launched = self._launch(batch)
+            except Exception:  # noqa: BLE001 - run again (and recorded) by _generate, row by row
+                launched = None
+            if previous is not None:
+                yield previous[0], self._generate(shard, writer, previous[0], labels, previous[1])
+            if launched is None:
+                yield batch, self._generate(shard, writer, batch, labels)
+                previous = None
+            else:
+                previous = (batch, launched)
+        if previous is not None:
+            yield previous[0], self._generate(shard, writer, previous[0], labels, previous[1])
 
     def _submit_write(self, writer: ShardWriter, record: ResultRecord, pixels: np.ndarray,
                       labels: pa.Table) -> Future:
@@ -167,7 +205,7 @@ class ShardWorker:
         """Rows go in windows of a few batches: window k+1 is prepared on a thread while window k
         runs, so the device does not wait on image reading and decoding. Only generation holds
         the device; waiting for the writes and committing do not (see ``_device``)."""
-        started = time.perf_counter()
+        started, compiled_before = time.perf_counter(), self.compile_seconds
         table = self.folder.read_inputs(shard)
         rows = rows_of(table)
         label_table = table.select(extra_names(table))
@@ -189,8 +227,8 @@ class ShardWorker:
                     if refused:
                         yield ShardProgress(shard, len(pending), failed, self.name)
                     ready = [p for p in prepared if isinstance(p, ReadyRow)]
-                    for batch in group_batches(ready, batch_key, self.config.batch_size, lora_order):
-                        outcomes = self._generate(shard, writer, batch, labels)
+                    batches = group_batches(ready, batch_key, self.config.batch_size, lora_order)
+                    for batch, outcomes in self._batches(shard, writer, batches, labels):
                         pending += outcomes
                         failed += sum(future is None for _, future in outcomes)
                         yield ShardProgress(shard, len(pending), failed, self.name)
@@ -201,9 +239,18 @@ class ShardWorker:
             writer.close()
         kinds = Counter(r.error_kind for r in records if r.status != "ok")
         stats = ShardStats(shard, len(records), len(records) - sum(kinds.values()), sum(kinds.values()),
-                           round(time.perf_counter() - started, 3), self.name, job_id, dict(kinds), dict(writer.files))
+                           round(time.perf_counter() - started, 3), self.name, job_id, dict(kinds), dict(writer.files),
+                           round(self.compile_seconds - compiled_before, 3))
         self.folder.commit(shard, records_to_table(records, label_table), stats)
         yield stats
+
+
+@dataclass
+class _Launched:
+    batch: list[ReadyRow]
+    engine: BatchedEngine
+    started: float
+    pending: PendingBatch
 
 
 def _settled(record: ResultRecord, write: Future | None) -> ResultRecord:

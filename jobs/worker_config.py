@@ -1,12 +1,13 @@
-"""How a worker runs shards (device, precision, batching, output format, S3 access): the same for
-every worker of a job, chosen by the run's options. Kept apart from the worker so the driver can
-build it without importing torch."""
+"""How a worker runs shards (device, precision, batching, speed switches, output format, S3
+access): the same for every worker of a job, chosen by the run's options. Kept apart from the
+worker so the driver can build it without loading a model."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from sdbatch.manifests.remote import S3Options
+from sdbatch.pipeline.speed_options import SpeedOptions
 
 from .image_cells import DEFAULT_MAX_IMAGE_BYTES, CellAccess
 from .layouts import OutputSpec
@@ -27,6 +28,8 @@ class WorkerConfig:
     image_roots: tuple[str, ...] | None = None
     embeddings: tuple[str, ...] = ()  # --embedding PATH_OR_HUB_ID[:TOKEN], loaded into every model
     lora_dir: str | None = None  # where LoRA names are found (local or s3://)
+    speed: SpeedOptions = field(default_factory=SpeedOptions.eager)  # --compile, --attention, ...
+    uses_lora: bool = False  # the job has LoRA rows (set by the driver: they run uncompiled)
 
     def cell_access(self) -> CellAccess:
         return CellAccess(s3=self.s3, roots=self.image_roots, max_bytes=self.max_image_bytes)

@@ -16,6 +16,11 @@ All four modes and both families run this one loop: what differs per mode (times
 UNet input channels, 4-channel inpainting's blend) is in ``modes.py``, what differs per family
 (text encoders, SDXL's added conditioning) in ``conditioning.py``, the VAE's precision in ``vae.py``.
 A refined row (SDXL base + refiner) runs the loop twice, on two engines (``refiner.py``).
+
+Speed (``acceleration.py``): the UNet and the VAE decode run through the callables ``accelerate``
+returns (compiled, fixed shapes, an attention backend, when switched on). The scheduler keeps its
+schedule on the host, so no step waits for the GPU to read a timestep, and images come back through
+pinned memory (``submit`` returns before they have arrived).
 """
 
 from __future__ import annotations
@@ -28,16 +33,18 @@ import numpy as np
 import torch
 
 from . import vae
+from .acceleration import SpeedOptions, accelerate
 from .adapters import LoraAdapters
 from .batch import BatchSettings, RowInput
 from .conditioning import Conditioning, conditioner_for
 from .families import check_row_fields
 from .guidance import Guidance
+from .host_copy import PendingImages, to_device
 from .loading import LoadedModel
 from .modes import STARTS, BatchContext, Start, Window, check_model_supports, denoising_timesteps, start_refiner
 from .schedulers import check_scheduler, make_scheduler, scheduler_name, step_kwargs
 
-__all__ = ["BatchedEngine", "BatchResult", "BatchSettings", "RowInput"]
+__all__ = ["BatchedEngine", "BatchResult", "BatchSettings", "PendingBatch", "RowInput"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +53,17 @@ log = logging.getLogger(__name__)
 class BatchResult:
     images: np.ndarray  # (N, H, W, 3) uint8
     scheduler: str  # the scheduler actually used, by sdbatch name
+
+
+@dataclass
+class PendingBatch:
+    """A batch whose GPU work is queued and whose images may still be on their way to the host."""
+
+    images: PendingImages
+    scheduler: str
+
+    def result(self) -> BatchResult:
+        return BatchResult(images=self.images.result(), scheduler=self.scheduler)
 
 
 @dataclass
@@ -63,7 +81,11 @@ class Run:
 class BatchedEngine:
     """Runs batches through one loaded model."""
 
-    def __init__(self, model: LoadedModel, vae_batch: int = 8):
+    def __init__(self, model: LoadedModel, vae_batch: int = 8, speed: SpeedOptions | None = None,
+                 batch_size: int | None = None, uses_lora: bool = False):
+        """``speed``: the switches (default all off); ``batch_size``: the job's rows per batch,
+        the size compiled calls are padded to (``accelerate``); ``uses_lora``: the job has LoRA
+        rows (they run on the UNet as loaded)."""
         self.model = model
         self.pipe = model.pipe
         self.device = model.device
@@ -72,6 +94,7 @@ class BatchedEngine:
         self.conditioner = conditioner_for(model)
         self.adapters = LoraAdapters(model)
         vae.prepare_vae(model)
+        self.speed = accelerate(model, speed, batch_size=batch_size, vae_batch=vae_batch, uses_lora=uses_lora)
 
     # -- pieces ---------------------------------------------------------------------------
     def _check(self, settings: BatchSettings, rows: list[RowInput], *others: LoadedModel) -> None:
@@ -92,8 +115,8 @@ class BatchedEngine:
                 if image is not None and image.size != (w, h):
                     raise ValueError(f"row {i}: {name} is {image.width}x{image.height}, the batch is {w}x{h}")
 
-    def _decode(self, latents: torch.Tensor) -> np.ndarray:
-        return vae.decode(self.model, latents, self.vae_batch)
+    def _decode(self, latents: torch.Tensor) -> PendingImages:
+        return self.speed.decode(latents)
 
     # -- the loop -------------------------------------------------------------------------
     def prepare(self, settings: BatchSettings, rows: list[RowInput], generators: list[torch.Generator],
@@ -103,7 +126,7 @@ class BatchedEngine:
         guidance = Guidance.for_rows(rows, self.device, self.dtype)
         conditioning = self.conditioner(settings, rows, guidance)
         scheduler = make_scheduler(settings.scheduler, self.pipe.scheduler)
-        scheduler.set_timesteps(settings.steps, device=self.device)
+        scheduler.set_timesteps(settings.steps, device="cpu")  # host-side schedule: steps never wait
         timesteps = denoising_timesteps(scheduler, settings, window, self.model.family)
         ctx = BatchContext(self.model, settings, rows, scheduler, timesteps, generators, self.vae_batch)
         start = STARTS[settings.mode](ctx) if base_latents is None else start_refiner(ctx, base_latents)
@@ -115,29 +138,38 @@ class BatchedEngine:
         latents = start.latents
         condition = guidance.expand(start.condition) if start.condition is not None else None
         unet_kwargs = run.conditioning.unet_kwargs()
+        unet_timesteps = to_device(run.timesteps, self.device)
         for i, t in enumerate(run.timesteps):
             model_input = scheduler.scale_model_input(guidance.expand(latents), t)
             if condition is not None:
                 model_input = torch.cat([model_input, condition], dim=1)
-            noise_pred = self.pipe.unet(model_input, t, **unet_kwargs, return_dict=False)[0]
+            noise_pred = self.speed.unet(model_input, unet_timesteps[i], **unet_kwargs, return_dict=False)[0]
             noise_pred = guidance.combine(noise_pred)
             latents = scheduler.step(noise_pred, t, latents, **run.step_extra, return_dict=False)[0]
             if start.known is not None:
                 latents = start.known.blend(latents, scheduler, run.timesteps, i)
         return latents
 
-    @torch.inference_mode()
     def generate(self, settings: BatchSettings, rows: list[RowInput],
                  refiner: BatchedEngine | None = None) -> BatchResult:
         """Images for ``rows``. A batch whose settings have a ``refiner_start`` needs ``refiner``,
         the engine of the refiner model (see ``refiner.generate_refined``); other batches ignore it.
         The batch's LoRAs are made this model's active adapters first (``adapters.py``)."""
+        return self.submit(settings, rows, refiner).result()
+
+    @torch.inference_mode()
+    def submit(self, settings: BatchSettings, rows: list[RowInput],
+               refiner: BatchedEngine | None = None) -> PendingBatch:
+        """``generate``, returning once the batch's work is queued: ``.result()`` waits for the
+        images. On a GPU the host is free meanwhile (to write the previous batch's images)."""
+        self.speed.check_loras(settings.loras)
         self.adapters.activate(settings.loras)
         if settings.refiner_start is not None:
             from .refiner import generate_refined
 
             return generate_refined(self, refiner, settings, rows)
         self._check(settings, rows)
+        self.speed.reserve(len(rows))
         generators = [torch.Generator("cpu").manual_seed(r.seed) for r in rows]
         run = self.prepare(settings, rows, generators)
-        return BatchResult(images=self._decode(self.denoise(run)), scheduler=scheduler_name(run.scheduler))
+        return PendingBatch(self._decode(self.denoise(run)), scheduler_name(run.scheduler))

@@ -50,16 +50,17 @@ def check_refiner(base: LoadedModel, refiner: LoadedModel, settings: BatchSettin
 
 def generate_refined(base, refiner, settings: BatchSettings, rows: list[RowInput]):
     """Images for ``rows``: the base engine runs the first ``refiner_start`` of the schedule, the
-    refiner engine the rest (both ``engine.BatchedEngine``)."""
-    from .engine import BatchResult
+    refiner engine the rest (both ``engine.BatchedEngine``); an ``engine.PendingBatch``."""
+    from .engine import PendingBatch
 
     if refiner is None:
         raise ValueError(f"refiner_start {settings.refiner_start} needs a refiner model, and none was given")
     check_refiner(base.model, refiner.model, settings)
     base._check(settings, rows, refiner.model)
+    base.speed.reserve(len(rows))
+    refiner.speed.reserve(len(rows))
     generators = [torch.Generator("cpu").manual_seed(r.seed) for r in rows]
     first = base.prepare(settings, rows, generators, Window(end=settings.refiner_start))
     latents = base.denoise(first)
     second = refiner.prepare(settings, rows, generators, Window(start=settings.refiner_start), base_latents=latents)
-    images = refiner._decode(refiner.denoise(second))
-    return BatchResult(images=images, scheduler=scheduler_name(first.scheduler))
+    return PendingBatch(refiner._decode(refiner.denoise(second)), scheduler_name(first.scheduler))

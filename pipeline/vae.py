@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-import numpy as np
 import torch
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents
 
@@ -79,21 +78,29 @@ def skip_encode_draw(model: LoadedModel, latent_size: tuple[int, int], generator
         torch.randn(shape, generator=g, dtype=model.vae_encode_dtype)
 
 
-def decode(model: LoadedModel, latents: torch.Tensor, vae_batch: int) -> np.ndarray:
-    """(N, H, W, 3) uint8 pixels, rounded as stock's ``output_type="pil"`` / ``"np"`` * 255."""
-    scaling = model.pipe.vae.config.scaling_factor
-    out = []
-    with _vae_at(model, model.vae_decode_dtype) as vae:
-        for chunk in latents.split(vae_batch):
-            chunk = chunk.to(model.vae_decode_dtype)
-            stats = _latent_stats(model, chunk)
-            if stats is not None:
-                mean, std = stats
-                chunk = chunk * std / scaling + mean
-            else:
-                chunk = chunk / scaling
-            image = vae.decode(chunk, return_dict=False)[0]
-            image = (image * 0.5 + 0.5).clamp(0, 1)  # VaeImageProcessor.denormalize
-            image = (image.float() * 255).round().to(torch.uint8)  # numpy_to_pil's rounding
-            out.append(image.permute(0, 2, 3, 1).cpu())
-    return torch.cat(out).numpy()
+def decoding_at(model: LoadedModel):
+    """The context decoding runs in: the VAE at its decode precision."""
+    return _vae_at(model, model.vae_decode_dtype)
+
+
+def decode_stats(model: LoadedModel, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """SDXL's latent mean and std at the decode precision (made once per model by the caller)."""
+    like = torch.empty(0, device=device, dtype=model.vae_decode_dtype)
+    return _latent_stats(model, like)
+
+
+def pixels_uint8(model: LoadedModel, latents: torch.Tensor,
+                 stats: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """(n, C, h, w) latents at the decode precision, inside ``decoding_at`` -> (n, H, W, 3) uint8
+    pixels on their device, rounded as stock's ``output_type="pil"`` / ``"np"`` * 255."""
+    vae = model.pipe.vae
+    scaling = vae.config.scaling_factor
+    if stats is not None:
+        mean, std = stats
+        latents = latents * std / scaling + mean
+    else:
+        latents = latents / scaling
+    image = vae.decode(latents, return_dict=False)[0]
+    image = (image * 0.5 + 0.5).clamp(0, 1)  # VaeImageProcessor.denormalize
+    image = (image.float() * 255).round().to(torch.uint8)  # numpy_to_pil's rounding
+    return image.permute(0, 2, 3, 1).contiguous()

@@ -1,0 +1,284 @@
+"""Speed switches for one loaded model: what the user asks for, what it resolves to on a device, and
+applying it once.
+
+``SpeedOptions`` holds the user's words (``compile``, ``attention``, ``cuda_graphs``, ``quantize``);
+``SpeedOptions.resolve`` turns them into a ``ResolvedSpeed`` for a device and batch size, refusing
+what cannot run there with a ``SpeedOptionError`` that names the option (a ``ValueError``: the CLI
+turns it into exit 2 before any work starts); ``accelerate`` applies it to a ``LoadedModel`` and
+returns the callables the engine runs the UNet and the VAE decoder through.
+
+What each switch does, and why it is built this way:
+
+* ``compile``: ``torch.compile`` (inductor) of the UNet and of the VAE decode (latents to uint8
+  pixels, so the rounding and layout change fuse into the decoder's last kernels), with
+  channels_last and diffusers' fused QKV projections (measured: channels_last alone slows eager, so
+  both come only with compile), static shapes (``static_batch.py``: one compile serves a whole job)
+  and the inductor settings diffusers recommends for SD UNets (``INDUCTOR_OPTIONS``). Compiled
+  artefacts go to the sdbatch cache folder, so a second run, a restarted actor or a second actor on
+  the node reuses them. ``auto``: on for CUDA, off elsewhere.
+* ``attention``: which PyTorch SDPA kernel the UNet's attention uses (``sdpa_kernel``); ``auto``
+  leaves PyTorch's own choice. A backend this device cannot run for this model is refused up front.
+* ``cuda_graphs``: CUDA graphs through inductor (``triton.cudagraphs``); they remove per-kernel
+  launch cost, which matters when a UNet call is short (small batches). Need compile and CUDA.
+  ``auto``: on for batches up to ``CUDA_GRAPHS_AUTO_MAX_BATCH`` (a guess, not yet measured on GPU).
+* ``quantize``: ``fp8`` quantizes the UNet's linear layers with torchao's float8 dynamic
+  activation + weight scheme. Lossy: images change, so callers must record it in metadata and in
+  the job fingerprint (``SpeedOptions.image_affecting``). Needs a CUDA GPU of compute capability
+  >= 8.9 (Ada, Hopper) and the ``torchao`` package; refused elsewhere with the reason.
+
+Everything but ``quantize`` keeps a row's image within 1 uint8 of eager (tests/test_speed.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .cache import cache_dir
+from .loading import LoadedModel
+from .speed_options import ResolvedSpeed, SpeedOptionError, SpeedOptions, lora_conflict
+
+log = logging.getLogger(__name__)
+
+# What diffusers' SD/SDXL speed guide sets before compiling a UNet (all real inductor options in
+# torch 2.13; coordinate descent tunes Triton kernels only, so it is a no-op on CPU).
+INDUCTOR_OPTIONS: dict[str, Any] = {
+    "conv_1x1_as_mm": True,
+    "coordinate_descent_tuning": True,
+    "coordinate_descent_check_all_directions": True,
+    "epilogue_fusion": False,
+}
+
+FP8_MIN_CAPABILITY = (8, 9)
+RECOMPILE_LIMIT = 64  # compiled graphs per function (dynamo's default is 8)
+
+_SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
+                  "cudnn": "CUDNN_ATTENTION", "math": "MATH"}
+
+
+# -- device checks ---------------------------------------------------------------------------------
+def sdpa_backend_context(attention: str | None) -> AbstractContextManager:
+    """The context that restricts SDPA to one backend (a null context for PyTorch's choice)."""
+    if attention is None:
+        return nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([getattr(SDPBackend, _SDPA_BACKENDS[attention])])
+
+
+def head_dims(model: LoadedModel | None) -> tuple[int, ...]:
+    """The UNet's attention head sizes (SD 1.5: 40, 80, 160); SDXL-like 64 when unknown."""
+    if model is None:
+        return (64,)
+    from diffusers.models.attention_processor import Attention
+
+    dims = {m.inner_dim // m.heads for m in model.pipe.unet.modules() if isinstance(m, Attention)}
+    return tuple(sorted(dims)) or (64,)
+
+
+def check_attention_backend(attention: str, device: torch.device, dtype: torch.dtype,
+                            head_dims: tuple[int, ...] = (64,)) -> None:
+    """Run one small attention per head size under the backend; refuse with PyTorch's reason when
+    it has no kernel for this device, dtype or head size."""
+    import warnings
+
+    import torch.nn.functional as F
+
+    if device.type != "cuda" and attention in ("efficient", "cudnn"):
+        raise SpeedOptionError("attention", f"attention={attention}: PyTorch has that kernel on CUDA only; "
+                                            f"on {device} choose flash, math or auto")
+    for head_dim in head_dims:
+        q = torch.randn(2, 2, 16, head_dim, device=device, dtype=dtype)
+        kv = torch.randn(2, 2, 24, head_dim, device=device, dtype=dtype)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                with sdpa_backend_context(attention), torch.inference_mode():
+                    F.scaled_dot_product_attention(q, kv, kv)
+            except RuntimeError as exc:
+                why = "; ".join(str(w.message) for w in caught) or str(exc)
+                raise SpeedOptionError(
+                    "attention", f"attention={attention} cannot run on {device} with {str(dtype).removeprefix('torch.')} "
+                                 f"and head size {head_dim}: {why}") from exc
+
+
+def fp8_unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why fp8 cannot run here, or None when it can."""
+    if device.type != "cuda":
+        return f"fp8 needs a CUDA GPU of compute capability >= 8.9 (Ada, Hopper); this run uses {device}"
+    capability = torch.cuda.get_device_capability(device)
+    if capability < FP8_MIN_CAPABILITY:
+        return (f"fp8 needs compute capability >= 8.9 (Ada, Hopper); {torch.cuda.get_device_name(device)} "
+                f"has {capability[0]}.{capability[1]}")
+    if dtype not in (torch.float16, torch.bfloat16):
+        return f"fp8 quantizes an fp16 or bf16 model; this one is {str(dtype).removeprefix('torch.')}"
+    try:
+        import torchao.quantization  # noqa: F401
+    except ImportError:
+        return "fp8 needs the torchao package (pip install torchao)"
+    return None
+
+
+def check_fp8(device: torch.device, dtype: torch.dtype) -> None:
+    reason = fp8_unavailable_reason(device, dtype)
+    if reason is not None:
+        raise SpeedOptionError("quantize", reason)
+
+
+# -- the compile cache -------------------------------------------------------------------------------
+def use_compile_cache(root: Path | None = None) -> Path:
+    """Point inductor's on-disk caches (FX graphs, AOT autograd, autotuning, Triton kernels, all
+    under ``TORCHINDUCTOR_CACHE_DIR``) at the sdbatch cache folder, unless the user pointed them
+    elsewhere; returns inductor's folder. Must run before compiling. Inductor writes its own
+    default into the variable the first time it looks, so that default counts as unset."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    root = root or cache_dir()
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current is None or os.path.abspath(current) == os.path.abspath(default_cache_dir()):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(root / "torchinductor")
+        if current is not None:  # inductor may hold paths under the old folder in memory
+            from torch._inductor.utils import clear_caches
+
+            clear_caches()
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fx_graph_cache = True
+    functorch_config.enable_autograd_cache = True
+    return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+
+
+# -- applying ---------------------------------------------------------------------------------------------
+def _fp8_quantize(unet: torch.nn.Module, dtype: torch.dtype) -> int:
+    """Quantize the UNet's linear layers to float8 (torchao); returns how many it quantized.
+    Per-row scales need bf16 weights (torchao), so fp16 models get per-tensor scales."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor, quantize_
+
+    granularity = PerRow() if dtype == torch.bfloat16 else PerTensor()
+    quantize_(unet, Float8DynamicActivationFloat8WeightConfig(granularity=granularity, set_inductor_config=False))
+    # torchao leaves layers whose sizes fp8 matmuls cannot take (not multiples of 16) as they were
+    return sum(isinstance(m, torch.nn.Linear) and type(m.weight.data) is not torch.Tensor for m in unet.modules())
+
+
+def _fuse_qkv(module: torch.nn.Module, name: str) -> bool:
+    try:
+        module.fuse_qkv_projections()
+        return True
+    except (ValueError, AttributeError) as exc:  # added-KV attention, or a model without the method
+        log.info("%s: QKV projections not fused (%s)", name, exc)
+        return False
+
+
+@dataclass
+class Accelerated:
+    """A model with its speed switches applied: the engine calls ``unet`` in place of
+    ``pipe.unet`` and ``decode`` for latents -> images; ``stats`` has the compile times."""
+
+    resolved: ResolvedSpeed
+    unet: Callable[..., Any]
+    decode: Any  # decoding.Decoder
+    stats: SpeedStats
+    applied: dict[str, Any] = field(default_factory=dict)
+    rows: int = 0  # the most rows per batch the static sizes were made for
+
+    def reserve(self, rows: int) -> None:
+        """Batches of up to ``rows`` rows are coming: size the static shapes for them (a batch
+        larger than any before compiles once more; smaller ones are padded)."""
+        if rows <= self.rows:
+            return
+        self.rows = rows
+        if hasattr(self.unet, "reserve"):
+            self.unet.reserve(rows, 2 * rows)  # one UNet sample per unguided row, two per guided one
+        self.decode.reserve(rows)
+
+    def check_loras(self, loras: tuple) -> None:
+        """Refuse a batch with LoRAs on a model whose UNet the switches changed: fused QKV
+        projections would bypass the adapters' layers (wrong images, silently), adapters on fp8
+        layers are not supported, and every adapter set or weight would recompile."""
+        if loras and (self.resolved.compile or self.resolved.quantize):
+            raise SpeedOptionError("compile" if self.resolved.compile else "quantize", lora_conflict(self.resolved))
+
+    def report(self) -> dict[str, Any]:
+        """What summaries show for this model: the switches as run, what was applied, compile time."""
+        return {**self.resolved.describe(), **self.applied, **self.stats.as_dict()}
+
+
+_APPLIED: "weakref.WeakKeyDictionary[torch.nn.Module, Accelerated]" = weakref.WeakKeyDictionary()
+
+
+def accelerate(model: LoadedModel, options: SpeedOptions | None = None, *, batch_size: int | None = None,
+               vae_batch: int = 8, inductor_options: dict[str, Any] | None = None,
+               uses_lora: bool = False) -> Accelerated:
+    """Apply ``options`` to ``model`` once (in place: channels_last, fused QKV, fp8 change its
+    modules) and return what the engine runs. Applying it again with the same resolution returns
+    the same object; with a different one it is refused, since fusing and quantizing are not undone.
+
+    ``batch_size``: the job's rows per batch, the size every compiled call is padded to (when not
+    given, the largest batch seen so far). ``inductor_options`` replaces ``INDUCTOR_OPTIONS``
+    (the benchmark compares them with inductor's defaults)."""
+    from .decoding import Decoder
+    from .static_batch import SpeedStats, StaticBatchRunner
+
+    options = options or SpeedOptions.eager()
+    resolved = options.resolve(model.device, model.dtype, batch_size, model, uses_lora=uses_lora)
+    unet, vae = model.pipe.unet, model.pipe.vae
+    done = _APPLIED.get(unet)
+    if done is not None:
+        if done.resolved != resolved:
+            raise SpeedOptionError("compile", f"model {model.name} already runs with {done.resolved.describe()}; "
+                                              f"cannot switch to {resolved.describe()} (load it again)")
+        if batch_size:
+            done.reserve(batch_size)
+        return done
+
+    stats = SpeedStats()
+    applied: dict[str, Any] = {}
+    if resolved.eager:
+        acc = Accelerated(resolved, unet, Decoder(model, vae_batch, stats=stats), stats, applied)
+        _APPLIED[unet] = acc
+        return acc
+
+    if resolved.compile:
+        unet.to(memory_format=torch.channels_last)
+        for part in (vae.post_quant_conv, vae.decoder):  # the encoder stays eager: left as it is
+            if part is not None:
+                part.to(memory_format=torch.channels_last)
+        applied["fused_qkv"] = _fuse_qkv(unet, "unet") and _fuse_qkv(vae, "vae")
+    if resolved.quantize == "fp8":
+        applied["fp8_linear_layers"] = _fp8_quantize(unet, model.dtype)
+    compiler = None
+    if resolved.compile:
+        cache = use_compile_cache()
+        applied["compile_cache"] = str(cache)
+        # one graph per (image size, timestep dtype, model): dynamo's default of 8 per function
+        # would send a job with many sizes back to eager without a word
+        import torch._dynamo.config as dynamo_config
+
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
+        opts = dict(INDUCTOR_OPTIONS if inductor_options is None else inductor_options)
+        unet_opts = {**opts, "triton.cudagraphs": resolved.cuda_graphs}
+
+        def compiler(fn, which: str):
+            # dynamic=False: one specialised graph per shape; static_batch keeps the shapes fixed.
+            return torch.compile(fn, dynamic=False, options=unet_opts if which == "unet" else opts)
+
+    runner = StaticBatchRunner(
+        unet if compiler is None else compiler(unet, "unet"),
+        name="unet", device=model.device, stats=stats,
+        pad=resolved.compile, compiled=resolved.compile, cuda_graphs=resolved.cuda_graphs,
+        context=(lambda: sdpa_backend_context(resolved.attention)) if resolved.attention else None,
+    )
+    acc = Accelerated(resolved, runner, Decoder(model, vae_batch, stats=stats, compiler=compiler), stats, applied)
+    if batch_size:
+        acc.reserve(batch_size)
+    _APPLIED[unet] = acc
+    log.info("model %s runs with %s", model.name, {**resolved.describe(), **applied})
+    return acc
