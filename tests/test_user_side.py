@@ -68,3 +68,19 @@ def test_rate_and_eta_are_measured_from_the_first_batch(monkeypatch):
     progress.advance(100)  # 100 rows in the next 10 s
     assert progress.rate == pytest.approx(10.0)
     assert "ETA 1.5 min" in progress.line()  # 890 rows left at 10 rows/s, not at 110 rows / 130 s
+
+
+def test_a_malformed_model_index_is_one_line_on_both_executors(tiny_base, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_base, broken)
+    (broken / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline", "unet": [')
+    manifest = write_manifest(tmp_path / "m.parquet", {"prompt": ["a"], "steps": [2]})
+    lines = []
+    for executor in ("local", "ray"):  # checked before either starts
+        result = invoke("run", str(manifest), "--model", str(broken), "--out", str(tmp_path / executor),
+                        "--executor", executor)
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        lines.append(result.output.strip().splitlines()[-1])
+    assert lines[0] == lines[1] and "cannot read model_index.json" in lines[0]
