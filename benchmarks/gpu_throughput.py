@@ -1,14 +1,16 @@
 """GPU throughput: stock diffusers against the sdbatch engine with each speed switch, in one process
-on one card, on an SD 1.5-architecture model with random weights (speed does not depend on weight
-values; ``--model DIR`` for real weights). Prints a table and writes JSON to benchmarks/results/.
+on one card, on an SD 1.5- or SDXL-architecture model with random weights (speed does not depend on
+weight values; ``--model DIR`` for real weights). Prints a table and writes JSON to benchmarks/results/.
 
     python benchmarks/gpu_throughput.py                      # a GPU: 512x512, 30 steps, PNDM, cfg 7.5
+    python benchmarks/gpu_throughput.py --family sdxl        # SDXL base: 1024x1024, 30 steps, Euler, cfg 5
     python benchmarks/gpu_throughput.py --variants eager,compile,all --budget-s 600
     python benchmarks/gpu_throughput.py --tiny               # CPU smoke run: tiny model, 32x32, 4 steps
 
 Measured, each after a warm-up batch (which for compiled variants is where compiling happens):
 
-* stock ``StableDiffusionPipeline`` at batches 16/32/64 (``--stock-batches``);
+* stock ``StableDiffusionPipeline`` (``StableDiffusionXLPipeline``) at batches 16/32/64 (SDXL: 4/8/16;
+  ``--stock-batches``);
 * the engine (``BatchedEngine.generate``) at ``--engine-batches``: eager, then each switch on its own
   (attention kernels, compile, compile + CUDA graphs, fp8) and all together (``--variants``), and
   compile with inductor's default settings instead of diffusers' recommended ones;
@@ -52,6 +54,7 @@ import torch
 from sdbatch.pipeline.acceleration import SpeedOptionError, SpeedOptions, accelerate
 from sdbatch.pipeline.engine import BatchedEngine, BatchSettings, RowInput
 from sdbatch.pipeline.loading import LoadedModel, load_model, quiet_libraries
+from sdbatch.pipeline.schedulers import make_scheduler
 
 log = logging.getLogger("gpu_throughput")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -81,36 +84,80 @@ def variants(all_attention: str) -> list[Variant]:
 
 
 # -- the model ---------------------------------------------------------------------------------------
-def sd15_pipeline(device: torch.device, dtype: torch.dtype):
-    """SD 1.5's architecture (UNet, 8x VAE, CLIP ViT-L text encoder) with random weights, built on
-    the device. The tokenizer is sdbatch's small BPE one: token ids stay inside CLIP's vocabulary."""
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+def _random_tokenizer(pad_token: str | None = None):
+    """sdbatch's small BPE tokenizer: token ids stay inside CLIP's vocabulary, prompts pad to 77."""
+    from transformers import CLIPTokenizer
 
-    from sdbatch.pipeline.tiny import SD15_SCHEDULER_CONFIG, write_tokenizer_files
+    from sdbatch.pipeline.tiny import write_tokenizer_files
 
-    with torch.device(device):
-        unet = UNet2DConditionModel(
-            sample_size=64, in_channels=4, out_channels=4, block_out_channels=(320, 640, 1280, 1280),
-            layers_per_block=2, down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=768,
-            attention_head_dim=8)
-        vae = AutoencoderKL(
-            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
-            layers_per_block=2, down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512)
-        text = CLIPTextModel(CLIPTextConfig(
-            vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-            num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu"))
     with tempfile.TemporaryDirectory() as tmp:
         write_tokenizer_files(Path(tmp))
-        tokenizer = CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"), model_max_length=77)
-    pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
-        scheduler=PNDMScheduler.from_config(SD15_SCHEDULER_CONFIG), safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False)
-    for m in (unet, vae, text):
-        m.eval().requires_grad_(False)
+        extra = {"pad_token": pad_token} if pad_token else {}
+        return CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"), model_max_length=77,
+                             **extra)
+
+
+def _random_text_encoder(tokenizer, hidden: int, layers: int, heads: int, act: str, projection: bool = False):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(vocab_size=49408, hidden_size=hidden, intermediate_size=4 * hidden,
+                            num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=77,
+                            hidden_act=act, projection_dim=hidden, bos_token_id=tokenizer.bos_token_id,
+                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
+
+
+def _vae(sample_size: int, **extra):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
+                         layers_per_block=2, down_block_types=("DownEncoderBlock2D",) * 4,
+                         up_block_types=("UpDecoderBlock2D",) * 4, sample_size=sample_size, **extra)
+
+
+def random_pipeline(family: str, device: torch.device, dtype: torch.dtype):
+    """The published architecture (SD 1.5: ``runwayml/stable-diffusion-v1-5``; SDXL:
+    ``stabilityai/stable-diffusion-xl-base-1.0``) with random weights, built on the device, as the
+    stock diffusers pipeline object."""
+    from diffusers import (EulerDiscreteScheduler, PNDMScheduler, StableDiffusionPipeline,
+                           StableDiffusionXLPipeline, UNet2DConditionModel)
+
+    from sdbatch.pipeline.tiny import SD15_SCHEDULER_CONFIG, SDXL_SCHEDULER_CONFIG, SDXL_VAE_SCALING_FACTOR
+
+    torch.manual_seed(0)
+    tokenizer = _random_tokenizer()
+    if family == "sd":
+        with torch.device(device):
+            unet = UNet2DConditionModel(
+                sample_size=64, in_channels=4, out_channels=4, block_out_channels=(320, 640, 1280, 1280),
+                layers_per_block=2, down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=768,
+                attention_head_dim=8)
+            vae = _vae(512)
+            text = _random_text_encoder(tokenizer, 768, 12, 12, "quick_gelu")
+        pipe = StableDiffusionPipeline(
+            vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
+            scheduler=PNDMScheduler.from_config(SD15_SCHEDULER_CONFIG), safety_checker=None,
+            feature_extractor=None, requires_safety_checker=False)
+    else:
+        tokenizer_2 = _random_tokenizer(pad_token="!")
+        with torch.device(device):
+            unet = UNet2DConditionModel(
+                sample_size=128, in_channels=4, out_channels=4, block_out_channels=(320, 640, 1280),
+                layers_per_block=2, down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * 2,
+                up_block_types=("CrossAttnUpBlock2D",) * 2 + ("UpBlock2D",), transformer_layers_per_block=(1, 2, 10),
+                attention_head_dim=(5, 10, 20), cross_attention_dim=2048, use_linear_projection=True,
+                addition_embed_type="text_time", addition_time_embed_dim=256,
+                projection_class_embeddings_input_dim=2816)
+            vae = _vae(1024, scaling_factor=SDXL_VAE_SCALING_FACTOR, force_upcast=True)
+            text = _random_text_encoder(tokenizer, 768, 12, 12, "quick_gelu")
+            text_2 = _random_text_encoder(tokenizer_2, 1280, 32, 20, "gelu", projection=True)
+        pipe = StableDiffusionXLPipeline(
+            vae=vae, text_encoder=text, tokenizer=tokenizer, text_encoder_2=text_2, tokenizer_2=tokenizer_2,
+            unet=unet, scheduler=EulerDiscreteScheduler.from_config(SDXL_SCHEDULER_CONFIG), add_watermarker=False)
+    for m in pipe.components.values():
+        if isinstance(m, torch.nn.Module):
+            m.eval().requires_grad_(False)
     pipe.to(device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -122,10 +169,10 @@ def pristine_pipeline(args, device: torch.device, dtype: torch.dtype):
     if args.tiny:
         from sdbatch.pipeline.tiny import build_tiny_pipeline
 
-        pipe = build_tiny_pipeline("base").to(device=device, dtype=dtype)
+        pipe = build_tiny_pipeline("xl" if args.family == "sdxl" else "base").to(device=device, dtype=dtype)
         pipe.set_progress_bar_config(disable=True)
         return pipe
-    return sd15_pipeline(device, dtype)
+    return random_pipeline(args.family, device, dtype)
 
 
 def fresh_model(pristine, device: torch.device, dtype: torch.dtype) -> LoadedModel:
@@ -309,14 +356,15 @@ def print_table(report: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--family", choices=("sd", "sdxl"), default="sd", help="the architecture (default sd)")
     parser.add_argument("--tiny", action="store_true", help="the tiny random model at 32x32, 4 steps (CPU smoke run)")
     parser.add_argument("--model", help="a diffusers folder with real weights instead of random ones")
     parser.add_argument("--size", type=int)
     parser.add_argument("--steps", type=int)
-    parser.add_argument("--scheduler", default="pndm")
-    parser.add_argument("--guidance", type=float, default=7.5)
-    parser.add_argument("--stock-batches", help="default 16,32,64 (tiny: 2,4)")
-    parser.add_argument("--engine-batches", help="default 32 (tiny: 4)")
+    parser.add_argument("--scheduler", help="default pndm (sdxl: euler)")
+    parser.add_argument("--guidance", type=float, help="default 7.5 (sdxl: 5)")
+    parser.add_argument("--stock-batches", help="default 16,32,64 (sdxl: 4,8,16; tiny: 2,4)")
+    parser.add_argument("--engine-batches", help="default 32 (sdxl: 8; tiny: 4)")
     parser.add_argument("--variants", help="comma-separated labels; default all: "
                                            + ",".join(v.label for v in variants("auto")))
     parser.add_argument("--all-attention", default="auto", help="attention kernel of the 'all' variants")
@@ -326,10 +374,15 @@ def main() -> None:
     parser.add_argument("--end-to-end", type=int, default=0, metavar="ROWS", help="also time `sdbatch run` on ROWS rows")
     parser.add_argument("--out", help="JSON path (default benchmarks/results/<card>-<date>.json)")
     args = parser.parse_args()
-    args.size = args.size or (32 if args.tiny else 512)
+    xl = args.family == "sdxl"
+    args.size = args.size or (32 if args.tiny else 1024 if xl else 512)
     args.steps = args.steps or (4 if args.tiny else 30)
-    stock_batches = [int(b) for b in (args.stock_batches or ("2,4" if args.tiny else "16,32,64")).split(",") if b]
-    engine_batches = [int(b) for b in (args.engine_batches or ("4" if args.tiny else "32")).split(",") if b]
+    args.scheduler = args.scheduler or ("euler" if xl else "pndm")
+    if args.guidance is None:
+        args.guidance = 5.0 if xl else 7.5
+    default_stock, default_engine = ("2,4", "4") if args.tiny else ("4,8,16", "8") if xl else ("16,32,64", "32")
+    stock_batches = [int(b) for b in (args.stock_batches or default_stock).split(",") if b]
+    engine_batches = [int(b) for b in (args.engine_batches or default_engine).split(",") if b]
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     quiet_libraries()
@@ -343,7 +396,8 @@ def main() -> None:
         "device": device_name(device), "device_type": device.type,
         "capability": ".".join(map(str, torch.cuda.get_device_capability(device))) if device.type == "cuda" else None,
         "torch": torch.__version__, "diffusers": diffusers.__version__, "python": platform.python_version(),
-        "dtype": str(dtype).removeprefix("torch."), "tiny": args.tiny, "model": args.model or "sd15-random",
+        "dtype": str(dtype).removeprefix("torch."), "tiny": args.tiny, "family": args.family,
+        "model": args.model or ("sdxl-random" if xl else "sd15-random"),
         "size": args.size, "steps": args.steps, "scheduler": args.scheduler, "guidance": args.guidance,
         "reps": args.reps, "command": " ".join(sys.argv), "runs": [],
     }
@@ -358,6 +412,7 @@ def main() -> None:
         return bool(args.budget_s) and time.perf_counter() - started > args.budget_s
 
     pristine = pristine_pipeline(args, device, dtype)
+    pristine.scheduler = make_scheduler(args.scheduler, pristine.scheduler)  # stock runs what the engine runs
     report["build_s"] = round(time.perf_counter() - started, 1)
     stock_images = {}
     for batch in stock_batches:
@@ -404,12 +459,12 @@ def main() -> None:
             log.info("%s", {k: v for k, v in run.items() if k != "s_per_batch"})
             save()
 
-    if not args.no_sync_check and not over_budget():
-        report["loop_syncs"] = loop_syncs_per_step(pristine, args, device, dtype)
-        save()
     if args.end_to_end and not over_budget():
         report["runs"].append(run_sdbatch_end_to_end(pristine, args, device, args.end_to_end, engine_batches[0],
                                                      END_TO_END_SPEED_FLAGS))
+        save()
+    if not args.no_sync_check and not over_budget():
+        report["loop_syncs"] = loop_syncs_per_step(pristine, args, device, dtype)
         save()
     print_table(report)
     print(f"\nwrote {out}")

@@ -208,6 +208,27 @@ def test_gpu_benchmark_runs_on_cpu_with_the_tiny_model(tmp_path):
     assert "attention=flash" in done.stdout
 
 
+def test_gpu_benchmark_measures_sdxl_and_sdbatch_run_on_cpu(tmp_path):
+    """--family sdxl: stock StableDiffusionXLPipeline and the engine give the same images, and the
+    end-to-end `sdbatch run` part reports its rows per second."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_throughput.py"
+    out = tmp_path / "result.json"
+    done = subprocess.run([sys.executable, str(script), "--family", "sdxl", "--tiny", "--stock-batches", "2",
+                           "--engine-batches", "2", "--variants", "eager", "--reps", "1", "--no-sync-check",
+                           "--end-to-end", "4", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    runs = {r["label"]: r for r in report["runs"]}
+    assert report["family"] == "sdxl" and report["scheduler"] == "euler"
+    assert runs["eager"]["vs_stock"]["max_abs_uint8"] <= 1
+    assert runs["sdbatch run --executor local"]["images_per_s"] > 0
+
+
 def test_padding_keeps_sdxl_rows_and_their_added_conditioning(family_models):
     """SDXL's UNet takes per-sample pooled embeddings and time ids besides the hidden states:
     padding pads them with the samples, and real rows come out as unpadded (eager UNet, padded as
