@@ -247,7 +247,7 @@ def measure_engine(pristine, args, device, dtype, variant: Variant, batch: int) 
     out["first_batch_s"] = round(time.perf_counter() - started, 3)
     times, peak = timed(lambda: engine.generate(settings, rows), device, args.reps)
     out.update(s_per_batch=times, images_per_s=batch / min(times), peak_mem_gib=peak, speed=engine.speed.report())
-    del engine, model
+    engine = model = None  # drop the copies before the next variant
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
