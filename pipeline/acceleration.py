@@ -44,6 +44,7 @@ import torch
 from .cache import cache_dir
 from .loading import LoadedModel
 from .speed_options import ResolvedSpeed, SpeedOptionError, SpeedOptions, lora_conflict
+from .static_batch import SpeedStats, StaticBatchRunner
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +226,6 @@ def accelerate(model: LoadedModel, options: SpeedOptions | None = None, *, batch
     given, the largest batch seen so far). ``inductor_options`` replaces ``INDUCTOR_OPTIONS``
     (the benchmark compares them with inductor's defaults)."""
     from .decoding import Decoder
-    from .static_batch import SpeedStats, StaticBatchRunner
 
     options = options or SpeedOptions.eager()
     resolved = options.resolve(model.device, model.dtype, batch_size, model, uses_lora=uses_lora)
@@ -254,7 +254,7 @@ def accelerate(model: LoadedModel, options: SpeedOptions | None = None, *, batch
         applied["fused_qkv"] = _fuse_qkv(unet, "unet") and _fuse_qkv(vae, "vae")
     if resolved.quantize == "fp8":
         applied["fp8_linear_layers"] = _fp8_quantize(unet, model.dtype)
-    compiler = None
+    compiler: Callable[[Any, str], Any] | None = None
     if resolved.compile:
         cache = use_compile_cache()
         applied["compile_cache"] = str(cache)
@@ -266,9 +266,11 @@ def accelerate(model: LoadedModel, options: SpeedOptions | None = None, *, batch
         opts = dict(INDUCTOR_OPTIONS if inductor_options is None else inductor_options)
         unet_opts = {**opts, "triton.cudagraphs": resolved.cuda_graphs}
 
-        def compiler(fn, which: str):
+        def compile_module(fn, which: str):
             # dynamic=False: one specialised graph per shape; static_batch keeps the shapes fixed.
             return torch.compile(fn, dynamic=False, options=unet_opts if which == "unet" else opts)
+
+        compiler = compile_module
 
     runner = StaticBatchRunner(
         unet if compiler is None else compiler(unet, "unet"),
