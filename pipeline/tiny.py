@@ -50,36 +50,12 @@ SD15_SCHEDULER_CONFIG = dict(
 )
 
 # The SD 2.1 (768-v) scheduler config: DDIM, v-prediction, "leading" spacing (DDIM's default, which
-# SD 2.1's config leaves implicit).
-SD21_V_SCHEDULER_CONFIG = dict(
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    num_train_timesteps=1000,
-    set_alpha_to_one=False,
-    skip_prk_steps=True,
-    steps_offset=1,
-    clip_sample=False,
-    prediction_type="v_prediction",
-    timestep_spacing="leading",
-)
+# SD 2.1's config leaves implicit). The training schedule is SD 1.5's.
+SD21_V_SCHEDULER_CONFIG = {**SD15_SCHEDULER_CONFIG, "prediction_type": "v_prediction", "timestep_spacing": "leading"}
 
-# The SDXL base 1.0 scheduler config (the refiner's is the same).
-SDXL_SCHEDULER_CONFIG = dict(
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    num_train_timesteps=1000,
-    set_alpha_to_one=False,
-    skip_prk_steps=True,
-    steps_offset=1,
-    clip_sample=False,
-    sample_max_value=1.0,
-    interpolation_type="linear",
-    prediction_type="epsilon",
-    timestep_spacing="leading",
-    use_karras_sigmas=False,
-)
+# The SDXL base 1.0 scheduler config (the refiner's is the same): SD 1.5's schedule, Euler's settings.
+SDXL_SCHEDULER_CONFIG = {**SD15_SCHEDULER_CONFIG, "sample_max_value": 1.0, "interpolation_type": "linear",
+                         "timestep_spacing": "leading", "use_karras_sigmas": False}
 SDXL_VAE_SCALING_FACTOR = 0.13025
 
 # Letter pairs common in English prompts; merged so the tokenizer is a real BPE, not a char map.
