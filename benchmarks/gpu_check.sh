@@ -9,7 +9,8 @@
 #     run(command="bash benchmarks/gpu_check.sh", carry=[".gpu"], timeout_s=600)        # SD 1.5
 #     run(command="bash benchmarks/gpu_check.sh sdxl", carry=[".gpu"], timeout_s=600)   # SDXL
 # What comes back under $OUT: anchor.json (SD only), gpu_throughput-<family>.json, check.log; the
-# reply's tail is the table. Commit the JSON as benchmarks/results/gpu_throughput-<family>-<card>-<date>.json.
+# reply's tail is the table. Commit the JSON as benchmarks/results/gpu_throughput-<card>[-sdxl]-<date>.json
+# (the name the benchmark gives without --out).
 #
 # Order inside the budget (what does not fit is recorded as skipped): stock diffusers at its batch
 # sizes, the engine eager, the engine with every switch on (one cold compile: ~1.5 min on an H200 by

@@ -330,10 +330,11 @@ def device_name(device: torch.device) -> str:
 
 def result_path(report: dict) -> Path:
     date = report["date"][:10]
+    what = ("-tiny" if report["tiny"] else "") + ("-sdxl" if report["family"] == "sdxl" else "")
     if report["device_type"] != "cuda":  # never a GPU-looking name for a CPU run
-        return RESULTS / f"throughput-smoke-cpu{'-tiny' if report['tiny'] else ''}-{date}.json"
+        return RESULTS / f"throughput-smoke-cpu{what}-{date}.json"
     card = re.sub(r"[^a-z0-9]+", "-", report["device"].lower()).strip("-")
-    return RESULTS / f"gpu_throughput-{card}{'-tiny' if report['tiny'] else ''}-{date}.json"
+    return RESULTS / f"gpu_throughput-{card}{what}-{date}.json"
 
 
 def print_table(report: dict) -> None:

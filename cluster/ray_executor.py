@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 WAIT_SECONDS = 1.0
 WAITING_NOTE_SECONDS = 30.0
 NODE_CHECK_SECONDS = 2.0
+KILL_WAIT_SECONDS = 10.0  # how long a stop waits for killed actors to be gone
 
 
 @dataclass(frozen=True)
@@ -224,7 +225,8 @@ class RayExecutor:
             log.error("shard %s failed: %s", attempt.shard, cause)
             self.tracker.abandoned(attempt.shard, cause)
             return
-        self.tracker.on_event(attempt.shard, event)
+        if self.tracker.on_event(attempt.shard, event) is not None:  # its commit, the stream's last event:
+            self._ended(self.streams.pop(stream))  # a stop from now on leaves it out of the shards in flight
 
     @staticmethod
     def _ended(attempt: Attempt) -> None:
@@ -305,26 +307,24 @@ class RayExecutor:
 
     # -- stop ----------------------------------------------------------------------------------
     def _stop(self) -> None:
-        """Kill every actor; on an object store, remove what the shards in flight wrote uncommitted
-        (on local disk it sits invisible under _job/pending until the next attempt)."""
+        """Kill every actor and wait until they are dead: ``ray.kill`` returns at once, and an actor
+        killed mid-commit may still write its marker, which must not happen after ``run`` returns
+        (the summary counts commits; a rerun may start). A shard in flight that committed counts as
+        done; what one that did not wrote is removed."""
         import ray
-        from ray.exceptions import GetTimeoutError, RayActorError
 
         for slot in self.slots:
             ray.kill(slot.handle, no_restart=True)
         inflight = {a.shard for a in self.streams.values()}
-        for shard in inflight:
-            self.tracker.forget(shard)
-        if not inflight or self.folder.storage.atomic_folders:
+        if not inflight:
             return
-        for slot in self.slots:  # wait for the kills: a live actor could still be committing
-            try:
-                ray.get(slot.handle.ready.options(max_task_retries=0).remote(), timeout=10)
-            except (RayActorError, GetTimeoutError):
-                pass
-        committed = self.folder.committed()
-        for shard in inflight - set(committed):
-            self.folder.discard_uncommitted(shard)
+        probes = [slot.handle.ready.options(max_task_retries=0).remote() for slot in self.slots]
+        ray.wait(probes, num_returns=len(probes), timeout=KILL_WAIT_SECONDS)  # a dead actor's probe fails at once
+        for shard in sorted(inflight):
+            marker = self.folder.committed_shard(shard, self.job_id)
+            self.tracker.settle(shard, marker)
+            if marker is None:  # killed before its marker, perhaps after its images were put in place
+                self.folder.discard_uncommitted(shard)
 
 
 def _cause(exc: BaseException) -> str:

@@ -247,7 +247,8 @@ def run_job(request: RunRequest, make_executor: ExecutorFactory, executor_name: 
         folder.storage.remove_if_empty()  # a refused job leaves no OUT behind
 
 
-def _shards_to_run(request: RunRequest, folder: OutputFolder, plan: JobPlan) -> tuple[list[str], dict, list[str]]:
+def _shards_to_run(request: RunRequest, folder: OutputFolder,
+                   plan: JobPlan) -> tuple[list[str], dict, dict, list[str]]:
     """(shards to run, committed shards kept, damaged shards to redo); see the module doc."""
     committed = folder.committed(plan.job_id)
     damaged = folder.damaged_shards(plan, committed, full=request.repair)
@@ -262,7 +263,8 @@ def _shards_to_run(request: RunRequest, folder: OutputFolder, plan: JobPlan) -> 
     done = {name: stats for name, stats in committed.items() if name not in retry}
     first = [s.name for s in plan.shards if s.name not in committed]  # never attempted (or damaged) first
     todo = first + [s.name for s in plan.shards if s.name in retry]
-    return todo, done, sorted(damaged)
+    earlier = {name: committed[name] for name in retry}  # markers that stay until a redo commits
+    return todo, done, earlier, sorted(damaged)
 
 
 def _run(request: RunRequest, folder: OutputFolder, make_executor: ExecutorFactory, executor_name: str,
@@ -280,7 +282,7 @@ def _run(request: RunRequest, folder: OutputFolder, make_executor: ExecutorFacto
         resumed = _adopt(request, folder, plan)
         _publish_inputs(folder, plan, planned_job.manifest.planner, resumed)
         folder.write_plan(plan)
-        todo, done, repaired = _shards_to_run(request, folder, plan)
+        todo, done, earlier, repaired = _shards_to_run(request, folder, plan)
     except StorageError as exc:
         raise JobRefused(f"--out {exc}") from None
     except OSError as exc:  # staging the shards' rows (in OUT) on a full disk
@@ -300,7 +302,7 @@ def _run(request: RunRequest, folder: OutputFolder, make_executor: ExecutorFacto
     try:
         if todo:
             executor = make_executor(folder, models_to_load(plan, worker), worker)
-            executor.run(todo, plan.job_id, ShardTracker(progress, result))
+            executor.run(todo, plan.job_id, ShardTracker(progress, result, earlier))
     except KeyboardInterrupt:
         interrupted = True
     except ExecutorStopped as exc:

@@ -66,9 +66,10 @@ class ShardTracker:
     """Events of shard attempts -> progress deltas (an attempt's counts restart when it is retried)
     and, per shard, its commit marker."""
 
-    def __init__(self, progress: Progress, result: ExecutionResult):
+    def __init__(self, progress: Progress, result: ExecutionResult, earlier: dict[str, ShardStats] | None = None):
         self.progress = progress
         self.result = result
+        self.earlier = earlier or {}  # markers of shards redone for their retryable rows, as the run found them
         self._seen: dict[str, ShardProgress] = {}
 
     def on_event(self, shard: str, event: ShardProgress | ShardStats) -> ShardStats | None:
@@ -96,6 +97,15 @@ class ShardTracker:
         last = self._seen.pop(shard, None)
         if last is not None:
             self.progress.advance(-last.rows, -last.failed)
+
+    def settle(self, shard: str, marker: ShardStats | None) -> None:
+        """A stopped attempt whose commit may have landed before the stop: ``marker`` is the
+        shard's marker now. It counts as done when it is this attempt's commit, not one an earlier
+        run left."""
+        if marker is not None and marker != self.earlier.get(shard):
+            self.on_event(shard, marker)
+        else:
+            self.forget(shard)
 
     def abandoned(self, shard: str, cause: str) -> None:
         """A shard left uncommitted for the next run, and why."""

@@ -38,8 +38,10 @@ class LocalExecutor:
                 except (StorageError, OSError) as exc:
                     log.error("shard %s: %s", shard, exc)
                     tracker.abandoned(shard, str(exc))
-                except KeyboardInterrupt:
-                    if not self.folder.storage.atomic_folders and self.folder.committed_shard(shard, job_id) is None:
+                except KeyboardInterrupt:  # held while a commit runs: it lands before one or after it
+                    marker = self.folder.committed_shard(shard, job_id)
+                    tracker.settle(shard, marker)
+                    if marker is None:
                         self.folder.discard_uncommitted(shard)  # on an object store its images were visible
                     raise
         finally:

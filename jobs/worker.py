@@ -35,6 +35,7 @@ from .adapter_files import LoraFiles, resolve_embedding
 from .image_encoding import encode_image
 from .inputs import FailedRow, ReadyRow, batch_key, lora_order, prepare_rows
 from .executor import ShardProgress
+from .held_signals import held_signals
 from .layouts import ShardWriter, layout_named
 from .outdir import OutputFolder, ShardStats
 from .parameters import infotext
@@ -234,14 +235,15 @@ class ShardWorker:
                         yield ShardProgress(shard, len(pending), failed, self.name)
             order = {row.row_index: i for i, row in enumerate(rows)}
             records = [_settled(r, f) for r, f in sorted(pending, key=lambda p: order[p[0].row_index])]
-            writer.finish(records, label_table)
+            with held_signals():  # a Ctrl-C lands before the images are published or after the marker
+                writer.finish(records, label_table)
+                kinds = Counter(r.error_kind for r in records if r.status != "ok")
+                stats = ShardStats(shard, len(records), len(records) - sum(kinds.values()), sum(kinds.values()),
+                                   round(time.perf_counter() - started, 3), self.name, job_id, dict(kinds),
+                                   dict(writer.files), round(self.compile_seconds - compiled_before, 3))
+                self.folder.commit(shard, records_to_table(records, label_table), stats)
         finally:
             writer.close()
-        kinds = Counter(r.error_kind for r in records if r.status != "ok")
-        stats = ShardStats(shard, len(records), len(records) - sum(kinds.values()), sum(kinds.values()),
-                           round(time.perf_counter() - started, 3), self.name, job_id, dict(kinds), dict(writer.files),
-                           round(self.compile_seconds - compiled_before, 3))
-        self.folder.commit(shard, records_to_table(records, label_table), stats)
         yield stats
 
 

@@ -233,6 +233,33 @@ def test_an_unexpected_failure_is_one_line_naming_the_log_with_its_traceback(tin
     elsewhere.unlink()
 
 
+def test_a_ctrl_c_while_a_shard_commits_lands_after_its_marker(tiny_base, tmp_path, monkeypatch):
+    """Ctrl-C just after a shard's images were put in place: the commit finishes (metadata, marker)
+    before the interrupt, so no reader sees images without their marker, and the summary counts it."""
+    import signal
+
+    put_in_place = LocalStorage.replace_folder
+
+    def then_ctrl_c(self, source, target):
+        put_in_place(self, source, target)
+        if target.startswith("images/00001"):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(LocalStorage, "replace_folder", then_ctrl_c)
+    out = tmp_path / "out"
+    args = run_args(manifest_of(tmp_path / "m.parquet", 6), out, tiny_base, "--shard-size", "2")
+    result = invoke(*args)
+    assert result.exit_code == 130, result.output
+    shards = sorted(p.name for p in (out / "images").iterdir())
+    assert shards == ["00000", "00001"] and marker(out, "00001")["ok"] == 2
+    assert (out / "metadata" / "00001.parquet").exists()
+    summary = json.loads((out / "_job" / "summary.json").read_text())
+    assert summary["interrupted"] and summary["generated"] == 4
+    monkeypatch.setattr(LocalStorage, "replace_folder", put_in_place)
+    assert invoke(*args).exit_code == 0 and invoke("verify", str(out)).exit_code == 0
+    assert sorted(metadata(out)) == [f"r{i}" for i in range(6)]
+
+
 @pytest.mark.parametrize("index", [{"_class_name": "FluxPipeline"}, {"_class_name": ["os", "system"]}, []])
 def test_a_model_that_is_not_a_stable_diffusion_pipeline_is_refused_in_one_line(tmp_path, index):
     model = tmp_path / "model"
