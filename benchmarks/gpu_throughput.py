@@ -84,19 +84,6 @@ def variants(all_attention: str) -> list[Variant]:
 
 
 # -- the model ---------------------------------------------------------------------------------------
-def _random_tokenizer(pad_token: str | None = None):
-    """sdbatch's small BPE tokenizer: token ids stay inside CLIP's vocabulary, prompts pad to 77."""
-    from transformers import CLIPTokenizer
-
-    from sdbatch.pipeline.tiny import write_tokenizer_files
-
-    with tempfile.TemporaryDirectory() as tmp:
-        write_tokenizer_files(Path(tmp))
-        extra = {"pad_token": pad_token} if pad_token else {}
-        return CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"), model_max_length=77,
-                             **extra)
-
-
 def _random_text_encoder(tokenizer, hidden: int, layers: int, heads: int, act: str, projection: bool = False):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -122,10 +109,11 @@ def random_pipeline(family: str, device: torch.device, dtype: torch.dtype):
     from diffusers import (EulerDiscreteScheduler, PNDMScheduler, StableDiffusionPipeline,
                            StableDiffusionXLPipeline, UNet2DConditionModel)
 
-    from sdbatch.pipeline.tiny import SD15_SCHEDULER_CONFIG, SDXL_SCHEDULER_CONFIG, SDXL_VAE_SCALING_FACTOR
+    from sdbatch.pipeline.tiny import (SD15_SCHEDULER_CONFIG, SDXL_SCHEDULER_CONFIG, SDXL_VAE_SCALING_FACTOR,
+                                       build_tokenizer)
 
     torch.manual_seed(0)
-    tokenizer = _random_tokenizer()
+    tokenizer = build_tokenizer()  # sdbatch's small BPE one: ids stay inside CLIP's vocabulary
     if family == "sd":
         with torch.device(device):
             unet = UNet2DConditionModel(
@@ -140,7 +128,7 @@ def random_pipeline(family: str, device: torch.device, dtype: torch.dtype):
             scheduler=PNDMScheduler.from_config(SD15_SCHEDULER_CONFIG), safety_checker=None,
             feature_extractor=None, requires_safety_checker=False)
     else:
-        tokenizer_2 = _random_tokenizer(pad_token="!")
+        tokenizer_2 = build_tokenizer(pad_token="!")
         with torch.device(device):
             unet = UNet2DConditionModel(
                 sample_size=128, in_channels=4, out_channels=4, block_out_channels=(320, 640, 1280),

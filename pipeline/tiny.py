@@ -115,25 +115,28 @@ def write_tokenizer_files(folder: Path) -> int:
     return len(vocab)
 
 
+def build_tokenizer(pad_token: str | None = None):
+    """A CLIP tokenizer over the generated BPE vocabulary (prompts pad to 77 tokens)."""
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_tokenizer_files(Path(tmp))
+        extra = {"pad_token": pad_token} if pad_token else {}
+        return CLIPTokenizer(vocab=str(Path(tmp) / "vocab.json"), merges=str(Path(tmp) / "merges.txt"),
+                             model_max_length=77, **extra)
+
+
 def _tokenizer_and_text_encoder(spec: TinySpec, hidden: int | None = None, projection: bool = False,
                                  hidden_act: str = "quick_gelu", pad_token: str | None = None):
     """A CLIP tokenizer and text encoder; ``projection`` gives ``CLIPTextModelWithProjection``
     (SDXL's second encoder, whose projected pooled output conditions the UNet). SDXL's second
     tokenizer pads with "!" where the first pads with its end token; ``pad_token`` does the same."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     hidden = hidden or spec.text_hidden
-    with tempfile.TemporaryDirectory() as tmp:
-        vocab_size = write_tokenizer_files(Path(tmp))
-        extra = {"pad_token": pad_token} if pad_token else {}
-        tokenizer = CLIPTokenizer(
-            vocab=str(Path(tmp) / "vocab.json"),
-            merges=str(Path(tmp) / "merges.txt"),
-            model_max_length=77,
-            **extra,
-        )
+    tokenizer = build_tokenizer(pad_token)
     config = CLIPTextConfig(
-        vocab_size=vocab_size,
+        vocab_size=len(tokenizer),
         hidden_size=hidden,
         intermediate_size=hidden * 2,
         num_hidden_layers=spec.text_layers,
