@@ -44,16 +44,21 @@ def _normal_loras(columns: dict[str, pa.Array]) -> None:
         columns["loras"] = pa.nulls(len(loras), pa.string())
         return
     prompts, values, flags = prompt.to_pylist(), loras.to_pylist(), a1111.to_pylist()
+    # Many rows share one LoRA set: each distinct (loras, prompt-if-tagged) is read once. The
+    # cache holds what the row's own prompt becomes only when the prompt is part of its key.
     normal: dict[tuple, tuple[str, str | None]] = {}
     out_loras: list[str | None] = [None] * len(values)
     for i in pc.indices_nonzero(todo).to_pylist():
-        key = (values[i], prompts[i] if flags[i] else None)
+        a1111_row = bool(flags[i])
+        key = (values[i], prompts[i] if a1111_row else None)
         if key not in normal:
             try:
-                normal[key] = row_loras(values[i], prompts[i], bool(flags[i]))
+                normal[key] = row_loras(values[i], prompts[i], a1111_row)
             except LoraSyntaxError:
                 normal[key] = (prompts[i], values[i])
-        prompts[i], out_loras[i] = normal[key]
+        new_prompt, out_loras[i] = normal[key]
+        if a1111_row:  # only a1111 rows lose their <lora:...> tags; other prompts stay as written
+            prompts[i] = new_prompt
     columns["prompt"] = pa.array(prompts, pa.string())
     columns["loras"] = pa.array(out_loras, pa.string())
 
