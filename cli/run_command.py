@@ -132,7 +132,7 @@ def _print_dry_run(found, batch_size: int) -> None:
                    "--out. Exits 0 when run would start, 2 when it would refuse.")
 @click.option("--compile", "compile_", type=click.Choice(COMPILE_CHOICES), default="auto", show_default=True,
               help="torch.compile the UNet and VAE decoder (one compile a job, cached under SDBATCH_CACHE; "
-                   "images within 1 uint8 of eager). auto: on for CUDA, off for jobs with LoRA rows.")
+                   "images within 1 uint8 of eager; batches with LoRAs run eagerly). auto: on for CUDA.")
 @click.option("--attention", type=click.Choice(ATTENTION_CHOICES), default="auto", show_default=True,
               help="PyTorch attention kernel for the UNet; refused if this GPU and dtype lack it. auto: PyTorch's choice.")
 @click.option("--cuda-graphs", type=click.Choice(CUDA_GRAPHS_CHOICES), default="auto", show_default=True,

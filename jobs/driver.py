@@ -133,7 +133,7 @@ def _plan(request: RunRequest, staging, models_as_problems: bool = False) -> _Pl
         models[f"--refiner {checked.refiner.name}"] = checked.refiner.fingerprint
     try:
         adapters = check_adapters(planner.adapters, LoraFiles(request.worker.lora_dir, request.worker.s3),
-                                  list(request.worker.embeddings))
+                                  list(request.worker.embeddings), quantize=request.worker.speed.quantize)
     except AdapterError as exc:
         raise JobRefused(str(exc)) from None
     adapters.raise_if_refused()
@@ -278,7 +278,6 @@ def _run(request: RunRequest, folder: OutputFolder, make_executor: ExecutorFacto
     try:
         planned_job = _plan(request, staging)
         plan, roots = planned_job.plan, planned_job.image_roots
-        uses_lora = bool(planned_job.manifest.planner.adapters.lora_names)
         resumed = _adopt(request, folder, plan)
         _publish_inputs(folder, plan, planned_job.manifest.planner, resumed)
         folder.write_plan(plan)
@@ -298,7 +297,7 @@ def _run(request: RunRequest, folder: OutputFolder, make_executor: ExecutorFacto
     progress = Progress(total=plan.rows, already_done=skipped, already_failed=sum(s.failed for s in done.values()))
     result = ExecutionResult()
     interrupted, stopped = False, None
-    worker = replace(request.worker, image_roots=roots, uses_lora=uses_lora)
+    worker = replace(request.worker, image_roots=roots)
     try:
         if todo:
             executor = make_executor(folder, models_to_load(plan, worker), worker)

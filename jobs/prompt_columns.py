@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 from sdbatch.manifests.loras import parse_loras
 from sdbatch.manifests.problems import ManifestError, Problem
 from sdbatch.pipeline.prompt_syntax import a1111_problem
+from sdbatch.pipeline.speed_options import ResolvedSpeed, lora_conflict
 
 from .adapter_files import TOKEN_IN_TEXT, AdapterError, AdapterFile, EmbeddingFile, LoraFiles, resolve_embedding
 
@@ -106,10 +107,12 @@ class AdapterCheck:
             raise ManifestError.from_problems(self.problems)
 
 
-def check_adapters(usage: AdapterUsage, loras: LoraFiles, embeddings: list[str]) -> AdapterCheck:
+def check_adapters(usage: AdapterUsage, loras: LoraFiles, embeddings: list[str],
+                   quantize: str = "none") -> AdapterCheck:
     """Resolve every LoRA the rows name and every ``--embedding``; rows naming a LoRA that cannot be
-    used, or writing a ``<token>`` no embedding gives, are problems. An ``--embedding`` that cannot
-    be used raises ``AdapterError`` (the job cannot start)."""
+    used (also: any LoRA, with ``--quantize`` other than none), or writing a ``<token>`` no
+    embedding gives, are problems. An ``--embedding`` that cannot be used raises ``AdapterError``
+    (the job cannot start)."""
     files = [resolve_embedding(spec) for spec in embeddings]
     tokens = {f.token for f in files}
     seen: dict[str, str] = {}
@@ -119,6 +122,11 @@ def check_adapters(usage: AdapterUsage, loras: LoraFiles, embeddings: list[str])
         seen[f.token] = f.spec
     resolved, problems, notes = {}, [], []
     for name in usage.lora_names:
+        if quantize != "none":
+            problem = usage.lora_rows[name]
+            problem.reason = lora_conflict(ResolvedSpeed(quantize=quantize))
+            problems.append(problem)
+            continue
         try:
             resolved[name] = loras.resolve(name)
         except AdapterError as exc:

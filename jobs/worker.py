@@ -96,8 +96,7 @@ class ShardWorker:
             for spec in self.config.embeddings:  # each --embedding into every model, once
                 embedding = resolve_embedding(spec)
                 load_embedding(loaded, embedding.path, embedding.token)
-            self._engines[model] = BatchedEngine(loaded, speed=self.config.speed, batch_size=self.config.batch_size,
-                                                 uses_lora=self.config.uses_lora)
+            self._engines[model] = BatchedEngine(loaded, speed=self.config.speed, batch_size=self.config.batch_size)
         return self._engines[model]
 
     @property

@@ -29,7 +29,6 @@ class WorkerConfig:
     embeddings: tuple[str, ...] = ()  # --embedding PATH_OR_HUB_ID[:TOKEN], loaded into every model
     lora_dir: str | None = None  # where LoRA names are found (local or s3://)
     speed: SpeedOptions = field(default_factory=SpeedOptions.eager)  # --compile, --attention, ...
-    uses_lora: bool = False  # the job has LoRA rows (set by the driver: they run uncompiled)
 
     def cell_access(self) -> CellAccess:
         return CellAccess(s3=self.s3, roots=self.image_roots, max_bytes=self.max_image_bytes)

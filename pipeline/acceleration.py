@@ -15,7 +15,10 @@ What each switch does, and why it is built this way:
   both come only with compile), static shapes (``static_batch.py``: one compile serves a whole job)
   and the inductor settings diffusers recommends for SD UNets (``INDUCTOR_OPTIONS``). Compiled
   artefacts go to the sdbatch cache folder, so a second run, a restarted actor or a second actor on
-  the node reuses them. ``auto``: on for CUDA, off elsewhere.
+  the node reuses them. ``auto``: on for CUDA, off elsewhere. Batches with LoRAs run the same UNet
+  eagerly with its unfused projections (``QKVProjections``), the rest compiled: a job mixing them
+  keeps the compiled path for its plain rows. (diffusers' LoRA hotswap would compile LoRA batches
+  too, but needs every adapter's rank and targets known before the first compile.)
 * ``attention``: which PyTorch SDPA kernel the UNet's attention uses (``sdpa_kernel``); ``auto``
   leaves PyTorch's own choice. A backend this device cannot run for this model is refused up front.
 * ``cuda_graphs``: CUDA graphs through inductor (``triton.cudagraphs``); they remove per-kernel
@@ -178,10 +181,34 @@ def _fuse_qkv(module: torch.nn.Module, name: str) -> bool:
         return False
 
 
+class QKVProjections:
+    """Which attention processors a UNet with fused QKV projections runs: the fused ones (plain
+    batches, through the compiled UNet) or its own separate ones (batches with LoRAs: peft's adapter
+    layers sit on ``to_q``/``to_k``/``to_v``, which the fused processor bypasses). Both weight sets
+    stay loaded (diffusers' ``fuse_qkv_projections`` keeps the separate ones), so a switch only
+    swaps processor objects, the same objects each time: the compiled graph's guards still hold."""
+
+    def __init__(self, unet: torch.nn.Module):
+        self.unet = unet
+        self.fused_processors = dict(unet.attn_processors)
+        self.separate_processors = dict(unet.original_attn_processors)
+        self.fused = True
+
+    def use(self, fused: bool) -> None:
+        if fused != self.fused:
+            # set_attn_processor empties the dict it is given: hand it a copy
+            self.unet.set_attn_processor(dict(self.fused_processors if fused else self.separate_processors))
+            self.fused = fused
+
+
 @dataclass
 class Accelerated:
-    """A model with its speed switches applied: the engine calls ``unet`` in place of
-    ``pipe.unet`` and ``decode`` for latents -> images; ``stats`` has the compile times."""
+    """A model with its speed switches applied: the engine calls ``unet_for(...)`` in place of
+    ``pipe.unet`` and ``decode`` for latents -> images; ``stats`` has the compile times.
+
+    Batches with LoRAs run the UNet eagerly (``adapter_unet``, with its separate QKV projections,
+    where adapters attach); the rest run it compiled. One compiled graph serves plain batches
+    whatever adapters are loaded: peft's disabled adapter layers call their base layer alone."""
 
     resolved: ResolvedSpeed
     unet: Callable[..., Any]
@@ -189,6 +216,20 @@ class Accelerated:
     stats: SpeedStats
     applied: dict[str, Any] = field(default_factory=dict)
     rows: int = 0  # the most rows per batch the static sizes were made for
+    adapter_unet: Callable[..., Any] | None = None  # for batches with LoRAs (default: ``unet``)
+    projections: QKVProjections | None = None  # fused QKV, switched off for batches with LoRAs
+
+    def unet_for(self, adapters: bool) -> Callable[..., Any]:
+        """What runs the UNet for a batch with (``adapters``) or without active LoRAs."""
+        if self.projections is not None:
+            self.projections.use(fused=not adapters)
+        return self.adapter_unet if adapters and self.adapter_unet is not None else self.unet
+
+    def adapters_changed(self) -> None:
+        """LoRA layers were added to or removed from the UNet: the compiled graph is traced again at
+        its next call, which is timed as compile time."""
+        if hasattr(self.unet, "forget_shapes"):
+            self.unet.forget_shapes()
 
     def reserve(self, rows: int) -> None:
         """Batches of up to ``rows`` rows are coming: size the static shapes for them (a batch
@@ -201,11 +242,10 @@ class Accelerated:
         self.decode.reserve(rows)
 
     def check_loras(self, loras: tuple) -> None:
-        """Refuse a batch with LoRAs on a model whose UNet the switches changed: fused QKV
-        projections would bypass the adapters' layers (wrong images, silently), adapters on fp8
-        layers are not supported, and every adapter set or weight would recompile."""
-        if loras and (self.resolved.compile or self.resolved.quantize):
-            raise SpeedOptionError("compile" if self.resolved.compile else "quantize", lora_conflict(self.resolved))
+        """Refuse a batch with LoRAs on an fp8 UNet: peft's adapter layers do not attach to
+        torchao's quantized ones (the driver refuses such jobs before they start)."""
+        if loras and self.resolved.quantize:
+            raise SpeedOptionError("quantize", lora_conflict(self.resolved))
 
     def report(self) -> dict[str, Any]:
         """What summaries show for this model: the switches as run, what was applied, compile time."""
@@ -216,8 +256,7 @@ _APPLIED: "weakref.WeakKeyDictionary[torch.nn.Module, Accelerated]" = weakref.We
 
 
 def accelerate(model: LoadedModel, options: SpeedOptions | None = None, *, batch_size: int | None = None,
-               vae_batch: int = 8, inductor_options: dict[str, Any] | None = None,
-               uses_lora: bool = False) -> Accelerated:
+               vae_batch: int = 8, inductor_options: dict[str, Any] | None = None) -> Accelerated:
     """Apply ``options`` to ``model`` once (in place: channels_last, fused QKV, fp8 change its
     modules) and return what the engine runs. Applying it again with the same resolution returns
     the same object; with a different one it is refused, since fusing and quantizing are not undone.
@@ -228,7 +267,7 @@ def accelerate(model: LoadedModel, options: SpeedOptions | None = None, *, batch
     from .decoding import Decoder
 
     options = options or SpeedOptions.eager()
-    resolved = options.resolve(model.device, model.dtype, batch_size, model, uses_lora=uses_lora)
+    resolved = options.resolve(model.device, model.dtype, batch_size, model)
     unet, vae = model.pipe.unet, model.pipe.vae
     done = _APPLIED.get(unet)
     if done is not None:
@@ -246,12 +285,15 @@ def accelerate(model: LoadedModel, options: SpeedOptions | None = None, *, batch
         _APPLIED[unet] = acc
         return acc
 
+    projections = None
     if resolved.compile:
         unet.to(memory_format=torch.channels_last)
         for part in (vae.post_quant_conv, vae.decoder):  # the encoder stays eager: left as it is
             if part is not None:
                 part.to(memory_format=torch.channels_last)
         applied["fused_qkv"] = _fuse_qkv(unet, "unet") and _fuse_qkv(vae, "vae")
+        if getattr(unet, "original_attn_processors", None):
+            projections = QKVProjections(unet)
     if resolved.quantize == "fp8":
         applied["fp8_linear_layers"] = _fp8_quantize(unet, model.dtype)
     compiler: Callable[[Any, str], Any] | None = None
@@ -272,13 +314,18 @@ def accelerate(model: LoadedModel, options: SpeedOptions | None = None, *, batch
 
         compiler = compile_module
 
+    context = (lambda: sdpa_backend_context(resolved.attention)) if resolved.attention else None
     runner = StaticBatchRunner(
         unet if compiler is None else compiler(unet, "unet"),
         name="unet", device=model.device, stats=stats,
-        pad=resolved.compile, compiled=resolved.compile, cuda_graphs=resolved.cuda_graphs,
-        context=(lambda: sdpa_backend_context(resolved.attention)) if resolved.attention else None,
+        pad=resolved.compile, compiled=resolved.compile, cuda_graphs=resolved.cuda_graphs, context=context,
     )
-    acc = Accelerated(resolved, runner, Decoder(model, vae_batch, stats=stats, compiler=compiler), stats, applied)
+    adapter_runner = None
+    if resolved.compile:  # LoRA batches: the same modules, eager, at their own sizes
+        adapter_runner = StaticBatchRunner(unet, name="unet_lora", device=model.device, stats=stats,
+                                           pad=False, compiled=False, context=context)
+    acc = Accelerated(resolved, runner, Decoder(model, vae_batch, stats=stats, compiler=compiler), stats, applied,
+                      adapter_unet=adapter_runner, projections=projections)
     if batch_size:
         acc.reserve(batch_size)
     _APPLIED[unet] = acc

@@ -75,25 +75,30 @@ class LoraAdapters:
         self.active: tuple[tuple[str, float], ...] | None = ()  # None: unknown (a load failed)
         self.switches = 0  # times the active set changed (a cost worth keeping low)
 
-    def activate(self, loras: tuple[LoraWeight, ...]) -> None:
-        """Make ``loras`` (possibly none) the model's active adapters, with their weights."""
+    def activate(self, loras: tuple[LoraWeight, ...]) -> bool:
+        """Make ``loras`` (possibly none) the model's active adapters, with their weights, in the
+        order given (peft sums adapters in ``set_adapters``' order; callers pass a row's LoRAs in
+        their normal form's order, by name). Returns whether adapter layers were loaded or
+        dropped (the UNet's modules changed)."""
         weights: dict[str, float] = {}
         for lora in loras:
             name = adapter_name(lora)
             weights[name] = weights.get(name, 0.0) + lora.weight
         wanted = tuple(weights.items())
         if wanted == self.active:
-            return
+            return False
         pipe = self.model.pipe
+        changed = False
         for lora in loras:
             name = adapter_name(lora)
             if name in self.loaded:
                 self.loaded.move_to_end(name)
                 continue
             self._evict(keep=set(weights), limit=self.capacity - 1)
+            changed = True
             self._load(lora, name)
             log.info("loaded LoRA %s as adapter %s on %s", lora.path, name, self.model.name)
-        self._evict(keep=set(weights), limit=self.capacity)
+        changed |= self._evict(keep=set(weights), limit=self.capacity)
         if wanted:
             pipe.enable_lora()
             pipe.set_adapters([n for n, _ in wanted], adapter_weights=[w for _, w in wanted])
@@ -101,6 +106,7 @@ class LoraAdapters:
             pipe.disable_lora()
         self.active = wanted
         self.switches += 1
+        return changed
 
     def _load(self, lora: LoraWeight, name: str) -> None:
         """Load one LoRA file as adapter ``name``. A file that does not fit the model (another
@@ -121,12 +127,16 @@ class LoraAdapters:
                              f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from exc
         self.loaded[name] = None
 
-    def _evict(self, keep: set[str], limit: int) -> None:
-        """Drop least recently used adapters not in ``keep`` until at most ``limit`` are loaded."""
+    def _evict(self, keep: set[str], limit: int) -> bool:
+        """Drop least recently used adapters not in ``keep`` until at most ``limit`` are loaded;
+        returns whether any was dropped."""
+        dropped = False
         while len(self.loaded) > limit:
             victim = next((n for n in self.loaded if n not in keep), None)
             if victim is None:
-                return
+                break
             self.model.pipe.delete_adapters([victim])
             del self.loaded[victim]
+            dropped = True
             log.info("dropped LoRA adapter %s from %s (cache of %d)", victim, self.model.name, self.capacity)
+        return dropped

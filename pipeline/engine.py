@@ -82,10 +82,9 @@ class BatchedEngine:
     """Runs batches through one loaded model."""
 
     def __init__(self, model: LoadedModel, vae_batch: int = 8, speed: SpeedOptions | None = None,
-                 batch_size: int | None = None, uses_lora: bool = False):
+                 batch_size: int | None = None):
         """``speed``: the switches (default all off); ``batch_size``: the job's rows per batch,
-        the size compiled calls are padded to (``accelerate``); ``uses_lora``: the job has LoRA
-        rows (they run on the UNet as loaded)."""
+        the size compiled calls are padded to (``accelerate``)."""
         self.model = model
         self.pipe = model.pipe
         self.device = model.device
@@ -94,7 +93,7 @@ class BatchedEngine:
         self.conditioner = conditioner_for(model)
         self.adapters = LoraAdapters(model)
         vae.prepare_vae(model)
-        self.speed = accelerate(model, speed, batch_size=batch_size, vae_batch=vae_batch, uses_lora=uses_lora)
+        self.speed = accelerate(model, speed, batch_size=batch_size, vae_batch=vae_batch)
 
     # -- pieces ---------------------------------------------------------------------------
     def _check(self, settings: BatchSettings, rows: list[RowInput], *others: LoadedModel) -> None:
@@ -138,12 +137,13 @@ class BatchedEngine:
         latents = start.latents
         condition = guidance.expand(start.condition) if start.condition is not None else None
         unet_kwargs = run.conditioning.unet_kwargs()
+        unet = self.speed.unet_for(adapters=bool(self.adapters.active))  # LoRA batches: eager
         unet_timesteps = to_device(run.timesteps, self.device)
         for i, t in enumerate(run.timesteps):
             model_input = scheduler.scale_model_input(guidance.expand(latents), t)
             if condition is not None:
                 model_input = torch.cat([model_input, condition], dim=1)
-            noise_pred = self.speed.unet(model_input, unet_timesteps[i], **unet_kwargs, return_dict=False)[0]
+            noise_pred = unet(model_input, unet_timesteps[i], **unet_kwargs, return_dict=False)[0]
             noise_pred = guidance.combine(noise_pred)
             latents = scheduler.step(noise_pred, t, latents, **run.step_extra, return_dict=False)[0]
             if start.known is not None:
@@ -163,7 +163,8 @@ class BatchedEngine:
         """``generate``, returning once the batch's work is queued: ``.result()`` waits for the
         images. On a GPU the host is free meanwhile (to write the previous batch's images)."""
         self.speed.check_loras(settings.loras)
-        self.adapters.activate(settings.loras)
+        if self.adapters.activate(settings.loras):
+            self.speed.adapters_changed()
         if settings.refiner_start is not None:
             from .refiner import generate_refined
 

@@ -69,12 +69,10 @@ class SpeedOptions:
         return {"quantize": self.quantize} if self.lossy else {}
 
     def resolve(self, device: torch.device | str, dtype: torch.dtype | None = None,
-                batch_size: int | None = None, model: LoadedModel | None = None,
-                uses_lora: bool = False) -> ResolvedSpeed:
+                batch_size: int | None = None, model: LoadedModel | None = None) -> ResolvedSpeed:
         """What runs on ``device``: ``auto`` decided, and whatever cannot run there refused with the
         reason. ``model``, when given, lets the attention check use the UNet's real head sizes.
-        ``uses_lora``: the job has rows with LoRAs, which run on the UNet as loaded (compile=auto
-        turns off; compile=on and fp8 are refused). ``dtype``: the model's (default fp16)."""
+        ``dtype``: the model's (default fp16)."""
         import torch
 
         from .acceleration import check_attention_backend, check_fp8, head_dims
@@ -82,11 +80,7 @@ class SpeedOptions:
         device = torch.device(device)
         dtype = torch.float16 if dtype is None else dtype
         cuda = device.type == "cuda"
-        compile_on = self.compile == "on" or (self.compile == "auto" and cuda and not uses_lora)
-        if uses_lora and (self.compile == "on" or self.quantize != "none"):
-            raise SpeedOptionError("compile" if self.compile == "on" else "quantize",
-                                   lora_conflict(ResolvedSpeed(compile=self.compile == "on",
-                                                               quantize=None if self.quantize == "none" else self.quantize)))
+        compile_on = self.compile == "on" or (self.compile == "auto" and cuda)
         if self.cuda_graphs == "on" and not cuda:
             raise SpeedOptionError("cuda_graphs", f"cuda_graphs=on needs a CUDA device; this run uses {device}")
         if self.cuda_graphs == "on" and not compile_on:
@@ -122,6 +116,7 @@ class ResolvedSpeed:
 
 
 def lora_conflict(resolved: ResolvedSpeed) -> str:
-    on = [name for name, value in (("compile", resolved.compile), ("quantize", resolved.quantize)) if value]
-    return (f"rows with LoRAs cannot run with {' and '.join(on)} on (the switches change the UNet that "
-            "adapters attach to); run LoRA jobs with compile off and quantize none")
+    """Why rows with LoRAs cannot run with these switches (fp8: adapters attach to full-precision
+    linear layers only). Compile is no conflict: batches with LoRAs run the UNet eagerly."""
+    return (f"rows with LoRAs cannot run with quantize {resolved.quantize} (peft's adapter layers do not attach "
+            "to quantized layers); run LoRA rows with --quantize none")

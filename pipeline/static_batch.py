@@ -97,6 +97,11 @@ class StaticBatchRunner:
         """Calls of up to ``max(sizes)`` samples are coming: pad to these sizes."""
         self.sizes.update(sizes)
 
+    def forget_shapes(self) -> None:
+        """The module changed (LoRA layers added): time each shape's next call as a compile again,
+        since that call traces the module anew."""
+        self._seen.clear()
+
     def padded_size(self, n: int) -> int:
         fits = [s for s in self._used if s >= n] or [s for s in self.sizes if s >= n]
         size = min(fits) if fits else n

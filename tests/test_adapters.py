@@ -192,6 +192,37 @@ def test_one_shard_of_lora_groups_in_any_row_order_equals_stock(tmp_path, tiny_b
             assert_close(got, stock_image(pipe, row))
 
 
+def test_two_adapters_are_applied_in_the_order_of_their_names_whatever_the_row_wrote(tmp_path, tiny_base,
+                                                                                      tiny_adapters):
+    """peft sums adapter layers in ``set_adapters``' order, and the order moves stock diffusers'
+    own images by rounding: sdbatch applies a row's LoRAs sorted by name (their normal form,
+    README), so the same set written in any order is one batch, one id and one image."""
+    from sdbatch.pipeline.adapters import adapter_name
+
+    manifest = write_manifest(tmp_path / "m.parquet", {
+        "id": ["ba", "ab"], "prompt": ["a red fox", "a red fox"], "seed": pa.array([1, 1], pa.uint64()),
+        "steps": [2, 2], "scheduler": ["ddim"] * 2, "loras": ["lora-b:0.5,lora-a:0.8", "lora-a:0.8,lora-b:0.5"]})
+    storage = LocalStorage(tmp_path / "out")
+    folder = OutputFolder(storage)
+    planned = plan_manifest(open_manifest(str(manifest)), tiny_base, 1000, storage.staging_folder())
+    assert len(planned.shards) == 1
+    folder.move_inputs_in("00000", planned.planner.staged_file(planned.shards[0].name))
+    worker = ShardWorker(folder, WorkerConfig(device="cpu", batch_size=4, lora_dir=tiny_adapters["loras"]))
+    try:
+        worker.load([tiny_base])
+        stats = list(worker.run_shard("00000"))[-1]
+        engine = worker.engine(tiny_base)
+        applied = engine.pipe.get_active_adapters()
+    finally:
+        worker.close()
+    assert stats.ok == 2 and engine.adapters.switches == 1  # one set, one batch
+    by_name = {tiny_adapters[n]: n for n in ("lora-a", "lora-b")}
+    names = {adapter_name(lora(path, 1.0)): by_name[path] for path in by_name}
+    assert [names[a] for a in applied] == ["lora-a", "lora-b"]
+    rows = ds.dataset(str(tmp_path / "out" / "metadata"), format="parquet").to_table().to_pylist()
+    assert {r["loras"] for r in rows} == {"lora-a:0.8,lora-b:0.5"}
+
+
 def test_a_lora_of_another_family_fails_its_batch_and_leaves_the_model_clean(tiny_base, tiny_adapters):
     engine = BatchedEngine(load_model(tiny_base, "cpu", "fp32"))
     before = engine.generate(SETTINGS, ROWS[1:]).images

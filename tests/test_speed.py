@@ -271,27 +271,49 @@ def test_unguided_batches_are_not_padded_to_guided_size(eager, tiny_base):
     assert padded == [1, 2]  # 3 samples -> 4 (one per row); 6 samples -> 8 (two per row)
 
 
-def test_lora_rows_are_refused_on_a_changed_unet(compiled, tiny_adapters):
-    """Fused QKV projections would bypass a LoRA's layers (wrong images, no error): LoRA jobs run
-    with compile off (auto turns it off), and a LoRA batch reaching a compiled model is refused
-    before its adapters load."""
+def test_lora_batches_on_a_compiled_engine_equal_eager_and_plain_batches_stay_compiled(eager, compiled, tiny_adapters):
+    """A LoRA batch on a compiled model runs the UNet eagerly with its separate QKV projections
+    (the fused ones would bypass the adapter layers: wrong images, no error); the plain batch after
+    it goes back to the compiled graph, and both equal eager."""
     import hashlib
 
     from sdbatch.pipeline.batch import LoraWeight
 
-    path = tiny_adapters["lora-b"]
-    lora = LoraWeight(path, 1.0, hashlib.sha256(open(path, "rb").read()).hexdigest())
-    with pytest.raises(SpeedOptionError, match="LoRAs cannot run with compile on") as caught:
-        compiled.generate(BatchSettings(32, 32, STEPS, "ddim", loras=(lora,)), mixed_rows(1))
-    assert caught.value.option == "compile"
-    assert not getattr(compiled.pipe.unet, "peft_config", None)  # no adapter was loaded
-    with pytest.raises(SpeedOptionError, match="LoRAs cannot run with quantize on"):
-        SpeedOptions(compile="off", quantize="fp8").resolve("cpu", torch.float32, uses_lora=True)
-    assert not SpeedOptions(compile="auto").resolve("cuda", uses_lora=True).compile
+    def lora(name, weight):
+        path = tiny_adapters[name]
+        return LoraWeight(path, weight, hashlib.sha256(open(path, "rb").read()).hexdigest())
+
+    rows = mixed_rows(BATCH)
+    for loras in ((lora("lora-b", 1.0),), (lora("lora-a", 0.8), lora("lora-b", 0.5)), ()):
+        settings = BatchSettings(32, 32, STEPS, "ddim", loras=loras)
+        for a, b in zip(compiled.generate(settings, rows).images, eager.generate(settings, rows).images):
+            assert_close(a, b)
+    plain = BatchSettings(32, 32, STEPS, "ddim")
+    with_lora = BatchSettings(32, 32, STEPS, "ddim", loras=(lora("lora-b", 1.0),))
+    assert np.abs(np.asarray(eager.generate(with_lora, rows).images[0], dtype=int)
+                  - np.asarray(eager.generate(plain, rows).images[0], dtype=int)).max() > 1  # the LoRA acts
+    assert compiled.speed.unet_for(adapters=False) is compiled.speed.unet  # plain: the compiled runner
+    assert compiled.speed.projections is None or compiled.speed.projections.fused
 
 
-def test_run_with_compile_gives_the_images_of_eager_and_reports_compile_time(compiled, tiny_base, tmp_path):
-    """`sdbatch run --compile on` end to end: the same images as `--compile off`, compile seconds in
+def test_lora_jobs_with_quantize_are_refused_before_any_row(tiny_base, tiny_adapters, tmp_path):
+    """fp8 layers take no LoRA adapters: the rows naming one are refused at planning (exit 2), on
+    every executor, before the model loads."""
+    from conftest import invoke, write_manifest
+
+    manifest = write_manifest(tmp_path / "m.parquet", {"prompt": ["a", "b"], "loras": ["lora-b:0.5", None],
+                                                      "steps": [2, 2]})
+    result = invoke("run", str(manifest), "--out", str(tmp_path / "out"), "--model", tiny_base, "--device", "cpu",
+                    "--executor", "local", "--lora-dir", tiny_adapters["loras"], "--quantize", "fp8")
+    assert result.exit_code == 2, result.output
+    assert "column 'loras', row 0 (1 row)" in result.output and "quantize fp8" in result.output
+    assert not (tmp_path / "out" / "metadata").exists()
+
+
+def test_run_with_compile_gives_the_images_of_eager_and_reports_compile_time(compiled, tiny_base, tiny_adapters,
+                                                                             tmp_path):
+    """`sdbatch run --compile on` end to end, on a job mixing LoRA and plain rows: the same images
+    as `--compile off` (LoRA batches run eagerly, the rest compiled), compile seconds in
     summary.json (the compile cache of the session makes it cheap here)."""
     import json
 
@@ -303,12 +325,14 @@ def test_run_with_compile_gives_the_images_of_eager_and_reports_compile_time(com
     manifest = write_manifest(tmp_path / "m.parquet", {
         "id": [f"r{i}" for i in range(6)], "prompt": [f"a prompt {i}" for i in range(6)],
         "seed": list(range(6)), "steps": [STEPS] * 6, "scheduler": ["ddim"] * 6,
-        "guidance_scale": [7.5, 1.0, 4.0, 7.5, 7.5, 2.0]})
+        "guidance_scale": [7.5, 1.0, 4.0, 7.5, 7.5, 2.0],
+        "loras": [None, "lora-b:0.9", None, "lora-a:0.5,lora-b:0.5", "lora-b:0.9", None]})
     images = {}
     for switch in ("off", "on"):
         out = tmp_path / switch
         result = invoke("run", str(manifest), "--out", str(out), "--model", tiny_base, "--device", "cpu",
-                        "--executor", "local", "--batch-size", str(BATCH), "--compile", switch)
+                        "--executor", "local", "--batch-size", str(BATCH), "--compile", switch,
+                        "--lora-dir", tiny_adapters["loras"])
         assert result.exit_code == 0, result.output
         meta = ds.dataset(str(out / "metadata"), format="parquet").to_table().to_pylist()
         images[switch] = {r["id"]: np.asarray(Image.open(out / r["image"])).astype(int) for r in meta}
