@@ -13,6 +13,7 @@ pipeline before its clock starts, so it is a ``steady`` figure; it writes each P
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import subprocess
@@ -112,7 +113,7 @@ def main() -> None:
         "benchmark": "cpu_throughput",
         "rows": args.rows, "size": SIZE, "steps": STEPS, "batch_size": args.batch_size,
         "cpus": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-        "date": __import__("datetime").date.today().isoformat(),
+        "date": datetime.date.today().isoformat(),
         "a_stock_diffusers_by_batch": stock,
         "a_stock_diffusers_best": a,
         "b_sdbatch_local": b,

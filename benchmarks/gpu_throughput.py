@@ -51,10 +51,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 
-from sdbatch.pipeline.acceleration import SpeedOptionError, SpeedOptions, accelerate
 from sdbatch.pipeline.engine import BatchedEngine, BatchSettings, RowInput
 from sdbatch.pipeline.loading import LoadedModel, load_model, quiet_libraries
 from sdbatch.pipeline.schedulers import make_scheduler
+from sdbatch.pipeline.speed.acceleration import SpeedOptionError, SpeedOptions, accelerate
 
 log = logging.getLogger("gpu_throughput")
 RESULTS = Path(__file__).resolve().parent / "results"

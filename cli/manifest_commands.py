@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import sys
 
 import click
@@ -10,7 +9,6 @@ import pyarrow as pa
 
 from sdbatch.manifests.problems import ManifestError
 from sdbatch.manifests.schema import CLIP_SKIP_RANGE, SEED_MAX, STEPS_RANGE
-from sdbatch.manifests.source import open_manifest
 from sdbatch.manifests.sweep import (
     Axis,
     SweepError,
@@ -23,28 +21,23 @@ from sdbatch.manifests.sweep import (
     read_prompts_file,
     write_sweep,
 )
-from sdbatch.manifests.validate import ManifestReport, known_schedulers, validate_source
+from sdbatch.manifests.validate import known_schedulers
 
 from . import exit_codes
-from .options import prompt_options, s3_from, s3_options
+from .options import plan_options, prompt_options, s3_from, s3_options
 
 DEFAULT_MAX_ROWS = 100_000
-
-
-def count_batches(group_sizes: dict[tuple, int], shard_size: int, batch_size: int) -> int:
-    """Batches ``sdbatch run`` makes: each group is cut into shards, each shard into batches."""
-    total = 0
-    for rows in group_sizes.values():
-        full, rest = divmod(rows, shard_size)
-        total += full * math.ceil(shard_size / batch_size) + math.ceil(rest / batch_size)
-    return total
 
 
 def _count(n: int, noun: str) -> str:
     return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
-def format_report(report: ManifestReport, batch_size: int, shard_size: int) -> list[str]:
+def check_lines(found, batch_size: int) -> list[str]:
+    """What ``validate`` and ``run --dry-run`` print of a ``jobs.driver.DryRun``: the manifest, the
+    plan (batches counted from the planner's shards), the models and, for a dry run, OUT."""
+    report, plan = found.planned.report, found.plan
+    shard_size = found.planned.planner.shard_size
     lines = [f"manifest: {report.path} ({_count(report.files, 'file')})"]
     rows = f"rows: {report.rows:,}"
     if report.duplicate_rows:
@@ -54,19 +47,29 @@ def format_report(report: ManifestReport, batch_size: int, shard_size: int) -> l
     lines.append(rows)
     if not report.problems:
         modes = ", ".join(f"{mode} {n:,}" for mode, n in sorted(report.modes.items()))
-        batches = count_batches(report.group_sizes, shard_size, batch_size)
         lines += [
             f"modes: {modes}",
             f"distinct prompts: {report.distinct_prompts:,}",
-            f"planned batches: {batches:,} (batch size {batch_size}, shard size {shard_size}, "
+            f"planned batches: {found.batches(batch_size):,} (batch size {batch_size}, shard size {shard_size}, "
             f"{_count(len(report.group_sizes), 'batching group')})",
         ]
     if report.extra_columns:
         lines.append(f"extra columns (carried through): {', '.join(report.extra_columns)}")
     lines += [f"note: {note}" for note in report.notes]
-    if report.problems:
-        lines.append(f"problems ({len(report.problems)}):")
-        lines += [f"  {p.message()}" for p in report.problems]
+    if found.models is not None:
+        checked = found.models
+        shown = [f"{name} ({loc.kind}, {'SDXL' if loc.family == 'sdxl' else 'SD 1.x/2.x'})"
+                 for name, loc in checked.locations.items()]
+        if checked.refiner is not None:
+            shown.append(f"--refiner {checked.refiner.name}")
+        if plan is not None:
+            lines.append(f"shards: {len(plan.shards):,} (shard size {shard_size:,}), {plan.rows:,} distinct rows")
+        lines.append(f"models: {', '.join(shown) or 'none'}")
+    if found.out_state is not None:
+        lines.append(f"out: {found.out_state}")
+    if found.problems:
+        lines.append(f"problems ({len(found.problems)}):")
+        lines += [f"  {p.message()}" for p in found.problems]
     else:
         lines.append("problems: none")
     return lines
@@ -74,62 +77,38 @@ def format_report(report: ManifestReport, batch_size: int, shard_size: int) -> l
 
 @click.command()
 @click.argument("manifest")
-@click.option("--model", default="tiny", show_default=True,
-              help="As for run: the model of rows with none of their own (checked, with every model the "
-                   "rows name, for the columns its family uses; no weights are read).")
-@click.option("--refiner", default=None, metavar="MODEL", help="As for run: the refiner of rows with a refiner_start.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
-              help="As for run: used to count planned batches.")
-@click.option("--shard-size", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="As for run: used to count planned batches.")
-@click.option("--label", "labels", multiple=True, metavar="COLUMN",
-              help="Carry COLUMN through as a label even though its name looks like a misspelt manifest "
-                   "column (repeatable). Columns named label_* or a 'labels' struct column are labels "
-                   "without it.")
+@plan_options
 @prompt_options
 @s3_options
 def validate(manifest: str, model: str, refiner: str | None, batch_size: int, shard_size: int,
-             labels: tuple[str, ...], prompt_syntax: str, embeddings: tuple[str, ...], lora_dir: str | None,
-             s3_endpoint_url, s3_path_style, s3_retries) -> None:
-    """Check every row of MANIFEST (a Parquet, CSV, TSV or JSON Lines file, folder or glob) and the
-    models its rows name, and print a short report.
+             labels: tuple[str, ...], quantize: str, prompt_syntax: str, embeddings: tuple[str, ...],
+             lora_dir: str | None, s3_endpoint_url, s3_path_style, s3_retries) -> None:
+    """Check every row of MANIFEST (a Parquet, CSV, TSV or JSON Lines file, folder or glob), the
+    models, LoRAs and embeddings its rows name, and plan it as run does (no weights are read,
+    nothing is written): run --dry-run without OUT.
 
     Exits 0 when the manifest can run, 2 when run would refuse it.
     """
-    from sdbatch.jobs.adapter_files import AdapterError, LoraFiles
-    from sdbatch.jobs.model_columns import ModelColumnUsage, check_models
-    from sdbatch.jobs.prompt_columns import AdapterUsage, check_adapters
+    from sdbatch.jobs.driver import JobRefused, RunRequest, check_job
+    from sdbatch.jobs.worker.worker_config import WorkerConfig
+    from sdbatch.pipeline.speed.options import SpeedOptions
 
-    usage, adapters = ModelColumnUsage(), AdapterUsage()
-
-    s3 = s3_from(s3_endpoint_url, s3_path_style, s3_retries)
+    worker = WorkerConfig(refiner=refiner, embeddings=tuple(embeddings), lora_dir=lora_dir,
+                          s3=s3_from(s3_endpoint_url, s3_path_style, s3_retries),
+                          speed=SpeedOptions(compile="off", cuda_graphs="off", quantize=quantize))
+    request = RunRequest(manifest=manifest, out="", model=model, worker=worker, shard_size=shard_size,
+                         labels=labels, prompt_syntax=prompt_syntax)
     try:
-        source = open_manifest(manifest, s3)
-        report = validate_source(source, model, labels=labels, prompt_syntax=prompt_syntax,
-                                 checkers=[usage.add, adapters.add])
-        report.problems += adapters.row_problems()
+        found = check_job(request)
     except ManifestError as exc:
         click.echo(f"error: manifest refused: {exc}", err=True)
         sys.exit(exit_codes.REFUSED)
-    models_line = None
-    if not report.problems:  # the models, LoRAs and embeddings, checked as run checks them (no weights read)
-        checked = check_models(usage, refiner)
-        try:
-            adapters_checked = check_adapters(adapters, LoraFiles(lora_dir, s3), list(embeddings))
-        except AdapterError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(exit_codes.REFUSED)
-        report.problems = checked.unusable + checked.problems + adapters_checked.problems
-        report.notes += adapters_checked.notes
-        shown = [f"{name} ({loc.kind}, {'SDXL' if loc.family == 'sdxl' else 'SD 1.x/2.x'})"
-                 for name, loc in checked.locations.items()]
-        models_line = f"models: {', '.join(shown) or 'none'}"
-    lines = format_report(report, batch_size, shard_size)
-    if models_line:
-        lines.insert(next(i for i, line in enumerate(lines) if line.startswith("problems")), models_line)
-    for line in lines:
+    except JobRefused as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exit_codes.REFUSED)
+    for line in check_lines(found, batch_size):
         click.echo(line)
-    sys.exit(exit_codes.REFUSED if report.problems else exit_codes.OK)
+    sys.exit(exit_codes.REFUSED if found.problems else exit_codes.OK)
 
 
 _AXIS_ALIASES = {"prompts": "prompt", "seed": "seeds", "negative_prompt": "negative-prompt",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from sdbatch.jobs import defaults
 from sdbatch.pipeline.model_files import TINY_VARIANTS
 
 
@@ -24,7 +25,7 @@ def tiny_model(folder: str, variant: str, seed: int) -> None:
 
 @click.command("tiny-lora")
 @click.argument("folder", type=click.Path(file_okay=False))
-@click.option("--model", default="tiny", show_default=True,
+@click.option("--model", default=defaults.MODEL, show_default=True,
               help="The model the LoRA is for: a built-in tiny name (tiny, tiny:xl), folder or hub id.")
 @click.option("--name", default="tiny-lora", show_default=True, help="Writes FOLDER/NAME.safetensors (--lora-dir FOLDER "
                                                                      "then finds it as NAME).")
@@ -34,7 +35,7 @@ def tiny_lora(folder: str, model: str, name: str, seed: int, rank: int) -> None:
     """Write a small random LoRA for MODEL (UNet attention and text encoders), as diffusers'
     training scripts save one (for tests and trying LoRA rows offline; it only changes the noise)."""
     from sdbatch.pipeline.loading import quiet_libraries
-    from sdbatch.pipeline.tiny import write_tiny_lora
+    from sdbatch.pipeline.tiny_adapters import write_tiny_lora
 
     quiet_libraries()
     path = write_tiny_lora(folder, model, name, seed, rank)
@@ -43,7 +44,7 @@ def tiny_lora(folder: str, model: str, name: str, seed: int, rank: int) -> None:
 
 @click.command("tiny-embedding")
 @click.argument("path", type=click.Path(dir_okay=False))
-@click.option("--model", default="tiny", show_default=True,
+@click.option("--model", default=defaults.MODEL, show_default=True,
               help="The model the embedding is for: a built-in tiny name (tiny, tiny:xl), folder or hub id.")
 @click.option("--token", default="<tiny-style>", show_default=True, help="The token (SD 1.x/2.x files name it).")
 @click.option("--vectors", type=click.IntRange(min=1), default=2, show_default=True, help="Vectors per token.")
@@ -51,7 +52,7 @@ def tiny_lora(folder: str, model: str, name: str, seed: int, rank: int) -> None:
 def tiny_embedding(path: str, model: str, token: str, vectors: int, seed: int) -> None:
     """Write a random textual-inversion embedding (safetensors) for MODEL (for tests and offline trials)."""
     from sdbatch.pipeline.loading import quiet_libraries
-    from sdbatch.pipeline.tiny import write_tiny_embedding
+    from sdbatch.pipeline.tiny_adapters import write_tiny_embedding
 
     quiet_libraries()
     written = write_tiny_embedding(path, model, token, vectors, seed)

@@ -14,8 +14,9 @@ SHOWN_PROBLEMS = 50
 
 def _folder(out: str, s3):
     """OUT opened and checked; an unreadable OUT or a damaged plan is one line, exit 2."""
-    from sdbatch.jobs.outdir import OutputFolder
-    from sdbatch.jobs.storage import StorageError, open_storage
+    from sdbatch.jobs.store.outdir import OutputFolder
+    from sdbatch.jobs.store.backends import open_storage
+    from sdbatch.jobs.store.storage import StorageError
 
     try:
         storage = open_storage(out, s3)
@@ -27,8 +28,8 @@ def _folder(out: str, s3):
 
 
 def _reading(read):
-    from sdbatch.jobs.outdir import DamagedOutput
-    from sdbatch.jobs.storage import StorageError
+    from sdbatch.jobs.store.outdir import DamagedOutput
+    from sdbatch.jobs.store.storage import StorageError
 
     try:
         return read()
@@ -47,7 +48,7 @@ def status(out: str, s3_endpoint_url, s3_path_style, s3_retries) -> None:
     same run command resumes) or rows failed for a storage reason (it retries them), 2 when OUT
     holds no sdbatch job or cannot be read.
     """
-    from sdbatch.jobs.outdir import job_status
+    from sdbatch.jobs.store.outdir import job_status
 
     folder = _folder(out, s3_from(s3_endpoint_url, s3_path_style, s3_retries))
     report = _reading(lambda: job_status(folder))
@@ -67,7 +68,7 @@ def verify(out: str, s3_endpoint_url, s3_path_style, s3_retries) -> None:
     the job is incomplete but sound (the same run command resumes it, and retries rows that failed
     for a storage reason), 2 when OUT cannot be read.
     """
-    from sdbatch.jobs.outdir import verify as verify_folder
+    from sdbatch.jobs.store.outdir import verify as verify_folder
 
     folder = _folder(out, s3_from(s3_endpoint_url, s3_path_style, s3_retries))
     if _reading(folder.read_plan) is None:

@@ -1,7 +1,7 @@
 """``sdbatch report``: a static HTML page of a job's images in X/Y grids (and PNG sheets).
 
 Imports no torch or diffusers (directly or through other modules): the report starts in well under
-a second. The work is ``sdbatch.jobs.report_build``'s; this module is the command line.
+a second. The work is ``sdbatch.jobs.report.build``'s; this module is the command line.
 """
 
 from __future__ import annotations
@@ -92,9 +92,9 @@ def report(out, page, x, y, group, columns, thumb_size, sheets, s3_endpoint_url,
     without a row are shown as such. Only committed shards are read, so it works while a job runs.
     Exit 0 when written, 2 when refused (bad option, OUT unreadable or not a job).
     """
-    from sdbatch.jobs.report_build import ReportRequest, build_report
-    from sdbatch.jobs.report_rows import ReportError
-    from sdbatch.jobs.storage import StorageError
+    from sdbatch.jobs.report.build import ReportRequest, build_report
+    from sdbatch.jobs.report.rows import ReportError
+    from sdbatch.jobs.store.storage import StorageError
 
     request = ReportRequest(out=out, page=page, x=x, y=y, group=_group_columns(group), columns=columns,
                             thumb_size=thumb_size, sheets=sheets,

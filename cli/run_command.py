@@ -14,18 +14,18 @@ import traceback
 
 import click
 
-from sdbatch.jobs.image_cells import DEFAULT_MAX_IMAGE_BYTES
-from sdbatch.pipeline.speed_options import (
+from sdbatch.jobs import defaults
+from sdbatch.jobs.worker.image_cells import DEFAULT_MAX_IMAGE_BYTES
+from sdbatch.pipeline.speed.options import (
     ATTENTION_CHOICES,
     COMPILE_CHOICES,
     CUDA_GRAPHS_CHOICES,
-    QUANTIZE_CHOICES,
     SpeedOptionError,
     SpeedOptions,
 )
 
 from . import exit_codes
-from .options import prompt_options, s3_from, s3_options
+from .options import plan_options, prompt_options, s3_from, s3_options
 
 
 def _interrupt(signum, frame):
@@ -48,8 +48,8 @@ def write_traceback(out: str, s3, text: str) -> str:
     returns where."""
     name = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     try:
-        from sdbatch.jobs.outdir import OutputFolder
-        from sdbatch.jobs.storage import open_storage
+        from sdbatch.jobs.store.outdir import OutputFolder
+        from sdbatch.jobs.store.backends import open_storage
 
         return OutputFolder(open_storage(out, s3)).write_log(name, text)
     except Exception:  # noqa: BLE001 - OUT itself may be what failed
@@ -60,29 +60,15 @@ def write_traceback(out: str, s3, text: str) -> str:
 
 
 def _print_dry_run(found, batch_size: int) -> None:
-    from .manifest_commands import format_report
+    from .manifest_commands import check_lines
 
-    plan, checked = found.plan, found.models
-    lines = format_report(found.planned.report, batch_size, plan.options.shard_size)
-    shown = [f"{name} ({loc.kind}, {'SDXL' if loc.family == 'sdxl' else 'SD 1.x/2.x'})"
-             for name, loc in checked.locations.items()]
-    if checked.refiner is not None:
-        shown.append(f"--refiner {checked.refiner.name}")
-    at = next(i for i, line in enumerate(lines) if line.startswith("problems"))
-    lines[at:at] = [f"shards: {len(plan.shards):,} (shard size {plan.options.shard_size:,}), "
-                    f"{plan.rows:,} distinct rows",
-                    f"models: {', '.join(shown) or 'none'}",
-                    f"out: {found.out_state}"]
     click.echo("dry run: nothing is written to --out")
-    for line in lines:
+    for line in check_lines(found, batch_size):
         click.echo(line)
 
 
 @click.command()
 @click.argument("manifest")
-@click.option("--model", default="tiny", show_default=True,
-              help="Hub id or local diffusers folder for rows with no model of their own. 'tiny' is the "
-                   "built-in random-weight model (noise images, for trying the tool offline).")
 @click.option("--out", required=True, help="Output folder, or s3://bucket/prefix.")
 @click.option("--executor", type=click.Choice(["ray", "local"]), default="ray", show_default=True,
               help="ray: fan shards out to Ray actors; local: everything in this process, on one device.")
@@ -95,13 +81,9 @@ def _print_dry_run(found, batch_size: int) -> None:
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N, or auto (CUDA when available).")
 @click.option("--dtype", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), default="auto", show_default=True,
               help="Weights' and activations' precision; auto: fp32 on CPU, fp16 on CUDA.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Rows per UNet batch (a guided row is two UNet samples). Does not change any image.")
-@click.option("--shard-size", type=click.IntRange(min=1), default=1000, show_default=True,
-              help="Rows per shard: the unit of scheduling, commit and resume.")
-@click.option("--shard-retries", type=click.IntRange(min=0), default=2, show_default=True,
+@click.option("--shard-retries", type=click.IntRange(min=0), default=defaults.SHARD_RETRIES, show_default=True,
               help="Times Ray runs a shard again after its actor died, before its rows are committed as errors.")
-@click.option("--actor-restarts", type=click.IntRange(min=0), default=8, show_default=True,
+@click.option("--actor-restarts", type=click.IntRange(min=0), default=defaults.ACTOR_RESTARTS, show_default=True,
               help="Times Ray restarts a dead actor (reloading its models) before giving it up.")
 @click.option("--shared-fs", is_flag=True, help="The local --out path is on a filesystem every Ray node mounts.")
 @click.option("--overwrite", is_flag=True, help="Replace a different earlier job in --out (its outputs are removed).")
@@ -111,12 +93,6 @@ def _print_dry_run(found, batch_size: int) -> None:
               help="jpeg / webp quality (default 95); png is lossless.")
 @click.option("--layout", type=click.Choice(["files", "webdataset"]), default="files", show_default=True,
               help="files: OUT/images/<shard>/<id>.<ext>; webdataset: OUT/shards/<shard>.tar.")
-@click.option("--refiner", default=None, metavar="MODEL",
-              help="SDXL refiner (hub id or folder) that takes over rows with a refiner_start, as diffusers' "
-                   "denoising_end / denoising_start pair. Loaded by every worker.")
-@click.option("--label", "labels", multiple=True, metavar="COLUMN",
-              help="Carry COLUMN through as a label even though its name looks like a misspelt manifest "
-                   "column (repeatable). Columns named label_* or a 'labels' column are labels anyway.")
 @click.option("--allow-path", "allow_paths", multiple=True, metavar="DIR",
               help="Also read image cells (init_image, mask_image, depth_map) from DIR and its subfolders "
                    "(repeatable). By default local image paths must lie in the manifest's folder or below; "
@@ -138,9 +114,7 @@ def _print_dry_run(found, batch_size: int) -> None:
 @click.option("--cuda-graphs", type=click.Choice(CUDA_GRAPHS_CHOICES), default="auto", show_default=True,
               help="CUDA graphs for the compiled UNet (they pay for small batches). auto: on for CUDA, compile "
                    "on, batches of 8 or fewer.")
-@click.option("--quantize", type=click.Choice(QUANTIZE_CHOICES), default="none", show_default=True,
-              help="LOSSY: fp8 UNet linear layers (torchao; GPUs of compute capability 8.9+, refused elsewhere). "
-                   "Part of the job (a resume may not change it) and of each row's metadata.")
+@plan_options
 @prompt_options
 @s3_options
 @click.pass_context
@@ -155,10 +129,10 @@ def run(ctx, manifest, model, out, executor, address, actors, gpus_per_actor, de
     """
     from sdbatch.cluster.ray_executor import RayConfig
     from sdbatch.jobs.driver import JobRefused, ManifestError, RunRequest, dry_run as plan_only, run_job
-    from sdbatch.jobs.image_encoding import ImageFormat
-    from sdbatch.jobs.layouts import OutputSpec
-    from sdbatch.jobs.storage import StorageError
-    from sdbatch.jobs.worker_config import WorkerConfig
+    from sdbatch.jobs.store.image_encoding import ImageFormat
+    from sdbatch.jobs.store.layouts import OutputSpec
+    from sdbatch.jobs.store.storage import StorageError
+    from sdbatch.jobs.worker.worker_config import WorkerConfig
     from sdbatch.pipeline.model_files import ModelLoadError
 
     verbose = (ctx.find_root().obj or {}).get("verbose", 0)

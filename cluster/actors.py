@@ -4,7 +4,9 @@ Its constructor loads every model of the job once. A model that cannot load does
 (Ray would print the constructor's traceback and mark the actor dead): ``ready()`` reports the
 error instead, so the driver refuses the job with the same one line the local executor gives.
 ``run_shard`` is a streaming generator: the worker's progress after every batch, then the commit
-marker; Ray re-runs it on the restarted actor when the actor dies (``max_task_retries``).
+marker. Ray restarts an actor that dies (``max_restarts``), but does not retry ``run_shard``
+(``max_task_retries=0``: a streaming task that already streamed cannot be retried reliably); the
+driver decides whether and where a shard runs again (``ray_executor``, ``--shard-retries``).
 """
 
 from __future__ import annotations
@@ -34,12 +36,12 @@ class GeneratorActor:
         logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
         if not verbose:  # transformers warns about optional packages as it is imported
             os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        from sdbatch.jobs.outdir import OutputFolder
-        from sdbatch.jobs.storage import open_storage
-        from sdbatch.jobs.worker import ShardWorker
+        from sdbatch.jobs.store.outdir import OutputFolder
+        from sdbatch.jobs.store.backends import open_storage
+        from sdbatch.jobs.worker.shard_worker import ShardWorker
         from sdbatch.pipeline.loading import quiet_libraries
         from sdbatch.pipeline.model_files import ModelLoadError
-        from sdbatch.pipeline.speed_options import SpeedOptionError
+        from sdbatch.pipeline.speed.options import SpeedOptionError
 
         import torch
 

@@ -27,11 +27,12 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
+from sdbatch.jobs import defaults
 from sdbatch.jobs.driver import JobRefused
 from sdbatch.jobs.executor import ExecutorStopped, ShardTracker
-from sdbatch.jobs.outdir import OutputFolder
-from sdbatch.jobs.storage import LocalStorage
-from sdbatch.jobs.worker_config import WorkerConfig
+from sdbatch.jobs.store.outdir import OutputFolder
+from sdbatch.jobs.store.storage import LocalStorage
+from sdbatch.jobs.worker.worker_config import WorkerConfig
 from sdbatch.pipeline.model_files import ModelLoadError
 
 from .actors import ActorReady, GeneratorActor
@@ -50,8 +51,8 @@ class RayConfig:
     address: str | None = None  # None: RAY_ADDRESS, else a fresh local Ray instance
     actors: int | None = None  # None: one per GPU, or 1 on a machine without GPUs
     gpus_per_actor: float = 1.0
-    shard_retries: int = 2  # a shard whose actor died runs again this many times
-    actor_restarts: int = 8  # Ray restarts a dead actor (reloading its models) this many times
+    shard_retries: int = defaults.SHARD_RETRIES
+    actor_restarts: int = defaults.ACTOR_RESTARTS
     inflight_per_actor: int = 2  # one shard generates while the other writes and commits
     shared_fs: bool = False  # a local --out path is on a filesystem every node sees
     verbose: bool = False

@@ -23,25 +23,29 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
-from sdbatch.manifests.problems import ManifestError
+from sdbatch.jobs.store.backends import open_storage
+from sdbatch.jobs.store.layouts import warn_about_split_words
+from sdbatch.jobs.store.lease import Lease, LeaseHeld
+from sdbatch.jobs.store.outdir import DamagedOutput, JobPlan, OutputFolder, OutputOptions
+from sdbatch.jobs.store.paths import PLAN
+from sdbatch.jobs.store.storage import StorageError
+from sdbatch.jobs.worker.adapter_files import AdapterError, LoraFiles
+from sdbatch.jobs.worker.worker_config import WorkerConfig
+from sdbatch.manifests.problems import ManifestError, Problem
 from sdbatch.manifests.remote import is_s3_uri
+from sdbatch.manifests.schema import DEFAULT_PROMPT_SYNTAX
 from sdbatch.manifests.source import open_manifest
 
+from . import defaults
+from .adapter_checks import check_adapters
 from .executor import ExecutionResult, Executor, ExecutorStopped, ShardTracker
-from .adapter_files import AdapterError, LoraFiles
-from .layouts import warn_about_split_words
-from .lease import Lease, LeaseHeld
-from .model_columns import ModelCheck, check_models
-from .outdir import PLAN, DamagedOutput, JobPlan, OutputFolder, OutputOptions
-from .planning import PlannedManifest, ShardPlanner, plan_manifest
-from .prompt_columns import check_adapters
+from .model_checks import ModelCheck, check_models
+from .planning import PlannedManifest, ShardPlanner, plan_manifest, planned_batches
 from .progress import Progress
-from .storage import StorageError, open_storage
-from .worker_config import WorkerConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DryRun", "JobRefused", "ManifestError", "RunRequest", "Summary", "dry_run", "run_job"]
+__all__ = ["DryRun", "JobRefused", "ManifestError", "RunRequest", "Summary", "check_job", "dry_run", "run_job"]
 
 
 class JobRefused(RuntimeError):
@@ -54,12 +58,12 @@ class RunRequest:
     out: str
     model: str  # as given: a hub id, a folder, or a built-in name such as "tiny"
     worker: WorkerConfig
-    shard_size: int = 1000
+    shard_size: int = defaults.SHARD_SIZE
     overwrite: bool = False
     labels: Sequence[str] = ()  # manifest columns declared labels (never read as a misspelt column)
     allow_paths: Sequence[str] = ()  # --allow-path: local folders image cells may name, besides the manifest's
     repair: bool = False  # --repair: check every committed shard as verify does, redo the damaged ones
-    prompt_syntax: str = "plain"  # how rows that name no prompt_syntax read their prompts
+    prompt_syntax: str = DEFAULT_PROMPT_SYNTAX  # how rows that name no prompt_syntax read their prompts
 
 
 # (the output folder, the models the job's rows name, how workers run) -> the executor of its shards
@@ -107,38 +111,48 @@ def image_roots(base: Path | str, allow_paths: Sequence[str]) -> tuple[str, ...]
 
 @dataclass
 class _Planned:
-    plan: JobPlan
+    plan: JobPlan | None  # None where problems refuse the job
     manifest: PlannedManifest
-    models: ModelCheck
+    models: ModelCheck | None  # None where the manifest itself was refused
     image_roots: tuple[str, ...]
+    problems: list[Problem] = field(default_factory=list)
 
 
-def _plan(request: RunRequest, staging, models_as_problems: bool = False) -> _Planned:
-    """The job's plan (its shards' rows staged in ``staging``), its models located and checked:
-    refused with ``ModelLoadError`` for a model that cannot be used (``models_as_problems``: a
-    ``ManifestError`` naming the rows, as ``validate`` reports it) or ``ManifestError``."""
+def _plan(request: RunRequest, staging, collect: bool = False) -> _Planned:
+    """The job's plan (its shards' rows staged in ``staging``), its models, LoRAs and embeddings
+    located and checked. ``run`` is refused at the first failing check (``ManifestError``;
+    ``ModelLoadError`` for a model that cannot be used); with ``collect`` (``validate``,
+    ``--dry-run``) every problem is gathered in ``problems`` instead, the models' as rows too."""
     source = open_manifest(request.manifest, request.worker.s3)
     planned = plan_manifest(source, request.model, request.shard_size, staging, labels=request.labels,
-                            prompt_syntax=request.prompt_syntax)
+                            prompt_syntax=request.prompt_syntax, refuse=not collect)
     planner, shards = planned.planner, planned.shards
-    for note in planned.report.notes:
-        log.warning("%s: %s", request.manifest, note)
-    warn_about_split_words(planner.split_word_ids, planner.split_word_count, request.worker.output.layout)
+    roots = image_roots(source.base, request.allow_paths)
+    if planned.report.problems:  # collect: the rows themselves are refused; nothing else is asked
+        return _Planned(None, planned, None, roots, list(planned.report.problems))
+    if not collect:
+        for note in planned.report.notes:
+            log.warning("%s: %s", request.manifest, note)
+        warn_about_split_words(planner.split_word_ids, planner.split_word_count, request.worker.output.layout)
     checked = check_models(planner.usage, request.worker.refiner)
-    if models_as_problems and (checked.unusable or checked.problems):
-        raise ManifestError.from_problems(checked.unusable + checked.problems)
-    checked.raise_if_refused()
-    models = {name: location.fingerprint for name, location in checked.locations.items()}
-    if checked.refiner is not None:
-        models[f"--refiner {checked.refiner.name}"] = checked.refiner.fingerprint
+    if not collect:
+        checked.raise_if_refused()
     try:
         adapters = check_adapters(planner.adapters, LoraFiles(request.worker.lora_dir, request.worker.s3),
                                   list(request.worker.embeddings), quantize=request.worker.speed.quantize)
     except AdapterError as exc:
         raise JobRefused(str(exc)) from None
-    adapters.raise_if_refused()
-    for note in adapters.notes:
-        log.warning("%s: %s", request.manifest, note)
+    if not collect:
+        adapters.raise_if_refused()
+        for note in adapters.notes:
+            log.warning("%s: %s", request.manifest, note)
+    planned.report.notes += adapters.notes
+    problems = checked.unusable + checked.problems + adapters.problems
+    if problems:
+        return _Planned(None, planned, checked, roots, problems)
+    models = {name: location.fingerprint for name, location in checked.locations.items()}
+    if checked.refiner is not None:
+        models[f"--refiner {checked.refiner.name}"] = checked.refiner.fingerprint
     models.update(adapters.fingerprints())  # LoRA and embedding files: a resume refuses a changed one
     output = request.worker.output
     options = OutputOptions(dtype=request.worker.dtype or "auto", shard_size=request.shard_size,
@@ -146,7 +160,7 @@ def _plan(request: RunRequest, staging, models_as_problems: bool = False) -> _Pl
                             quality=output.image.effective_quality, quantize=request.worker.speed.quantize)
     plan = JobPlan(options=options, manifest=request.manifest, fingerprint=planner.fingerprint, models=models,
                    rows=planned.rows, shards=shards, duplicate_rows=planned.report.duplicate_rows)
-    return _Planned(plan, planned, checked, image_roots(source.base, request.allow_paths))
+    return _Planned(plan, planned, checked, roots)
 
 
 def _previous(request: RunRequest, folder: OutputFolder, plan: JobPlan) -> tuple[JobPlan | None, list[str]]:
@@ -318,27 +332,41 @@ def _run(request: RunRequest, folder: OutputFolder, make_executor: ExecutorFacto
 
 @dataclass
 class DryRun:
-    """What ``run --dry-run`` found: the plan ``run`` would make, and what OUT holds now."""
+    """What ``validate`` and ``run --dry-run`` print: the plan ``run`` would make (None where it
+    would refuse), every problem that refuses it, and (``--dry-run``) what OUT holds now."""
 
-    plan: JobPlan
+    plan: JobPlan | None
     planned: PlannedManifest
-    models: ModelCheck
-    out_state: str  # one line on OUT: empty, this job (how far), or what run would replace
+    models: ModelCheck | None
+    problems: list[Problem]
+    out_state: str | None = None  # one line on OUT: empty, this job (how far), or what run would replace
+
+    def batches(self, batch_size: int) -> int:
+        """The batches ``run`` makes, from the planner's shards (none where the rows are refused)."""
+        return planned_batches(self.planned.shards, batch_size)
+
+
+def check_job(request: RunRequest) -> DryRun:
+    """Validate, plan (into a temporary folder) and check the models and adapters as ``run`` does,
+    collecting every problem; OUT is not looked at (``request.out`` may be empty): ``validate``."""
+    with tempfile.TemporaryDirectory(prefix="sdbatch-check-") as staging:
+        planned = _plan(request, Path(staging), collect=True)
+    return DryRun(planned.plan, planned.manifest, planned.models, planned.problems)
 
 
 def dry_run(request: RunRequest) -> DryRun:
-    """Validate, plan (into a temporary folder) and check the models as ``run`` does, and compare
-    with OUT, writing nothing: refused (``ManifestError``, ``ModelLoadError``, ``JobRefused``)
-    exactly where ``run`` would refuse."""
+    """``check_job`` and a comparison with OUT, writing nothing: refused (``ManifestError``,
+    ``JobRefused``) exactly where ``run`` would refuse."""
     try:
         storage = open_storage(request.out, request.worker.s3)
         storage.check()
     except StorageError as exc:
         raise JobRefused(f"--out {exc}") from None
     folder = OutputFolder(storage)
-    with tempfile.TemporaryDirectory(prefix="sdbatch-dry-run-") as staging:
-        planned = _plan(request, Path(staging), models_as_problems=True)
-    plan = planned.plan
+    found = check_job(request)
+    if found.problems:
+        raise ManifestError.from_problems(found.problems)
+    plan = found.plan
     try:
         previous, changed = _previous(request, folder, plan)
         if previous is None and not changed:
@@ -350,7 +378,8 @@ def dry_run(request: RunRequest) -> DryRun:
             state = f"holds another job ({'; '.join(changed)}): the run replaces it"
     except StorageError as exc:
         raise JobRefused(f"--out {exc}") from None
-    return DryRun(plan, planned.manifest, planned.models, state)
+    found.out_state = state
+    return found
 
 
 def _summarise(folder: OutputFolder, plan: JobPlan, result: ExecutionResult, skipped: int, started: float,

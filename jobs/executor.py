@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .outdir import ShardStats
+from sdbatch.jobs.store.outdir import ShardStats
+
 from .progress import Progress
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import time
 
+from sdbatch.jobs.store.outdir import OutputFolder
+from sdbatch.jobs.store.storage import StorageError
+from sdbatch.jobs.worker.shard_worker import ShardWorker
+from sdbatch.jobs.worker.worker_config import WorkerConfig
+
 from .executor import ShardTracker
-from .outdir import OutputFolder
-from .storage import StorageError
-from .worker import ShardWorker
-from .worker_config import WorkerConfig
 
 log = logging.getLogger(__name__)
 

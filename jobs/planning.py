@@ -17,6 +17,7 @@ from the few shards that hold them at the end.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,16 +28,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from sdbatch.jobs.store.layouts import SPLIT_WORD_PATTERN
+from sdbatch.jobs.store.outdir import ShardPlan
+from sdbatch.jobs.store.paths import shard_name
 from sdbatch.manifests.ids import ContentDigest, safe_key
 from sdbatch.manifests.rows import ROW_INDEX, with_resolved_images
-from sdbatch.manifests.schema import BATCH_KEY_COLUMNS, COLUMN_NAMES, batch_key_table
+from sdbatch.manifests.schema import BATCH_KEY_COLUMNS, COLUMN_NAMES, DEFAULT_PROMPT_SYNTAX, batch_key_table
 from sdbatch.manifests.source import BATCH_ROWS, ManifestSource
-from sdbatch.manifests.validate import ManifestReport, validate_source
+from sdbatch.manifests.validate import ManifestReport, ManifestScan
 
-from .layouts import SPLIT_WORD_PATTERN
-from .model_columns import ModelColumnUsage
-from .prompt_columns import AdapterUsage
-from .outdir import ShardPlan, shard_name
+from .adapter_checks import AdapterUsage
+from .model_checks import ModelColumnUsage
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +63,17 @@ class _Group:
 
 
 class ShardPlanner:
-    """Receives normalised record batches (``validate_source``'s ``on_batch``) and writes shards."""
+    """Takes the normalised record batches of the validating pass (``ManifestScan.batches``) and
+    writes shards."""
 
-    def __init__(self, staging: Path, shard_size: int, base: Path | str, buffer_bytes: int = BUFFER_BYTES):
+    def __init__(self, staging: Path, shard_size: int, base: Path | str, buffer_bytes: int | None = None):
         if shard_size < 1:
             raise ValueError("shard size must be at least 1")
         self.staging = Path(staging)
         self.staging.mkdir(parents=True, exist_ok=True)
         self.shard_size = shard_size
         self.base = base
-        self.buffer_bytes = buffer_bytes
+        self.buffer_bytes = BUFFER_BYTES if buffer_bytes is None else buffer_bytes
         self.digest = ContentDigest()
         self.usage = ModelColumnUsage()  # the models rows name, and their family-specific columns
         self.adapters = AdapterUsage()  # the LoRAs rows name, the embedding tokens they write
@@ -184,12 +187,29 @@ class PlannedManifest:
 
 def plan_manifest(source: ManifestSource, default_model: str, shard_size: int, staging: Path,
                   batch_rows: int = BATCH_ROWS, labels: Sequence[str] = (),
-                  prompt_syntax: str = "plain") -> PlannedManifest:
-    """Validate ``source`` (refusing it with ``ManifestError``) and plan its shards into ``staging``;
-    ``labels``: columns declared labels (see ``validate_source``); ``prompt_syntax``: the job's."""
+                  prompt_syntax: str = DEFAULT_PROMPT_SYNTAX, refuse: bool = True) -> PlannedManifest:
+    """Validate ``source`` and plan its shards into ``staging``; ``labels``: columns declared labels
+    (see ``ManifestScan``); ``prompt_syntax``: the job's. Rows with problems refuse it with
+    ``ManifestError`` (``refuse=False``: the problems stay in the report, and no shard is made)."""
     planner = ShardPlanner(staging, shard_size, source.base)
-    report = validate_source(source, default_model, on_batch=planner.add, batch_rows=batch_rows, labels=labels,
-                             prompt_syntax=prompt_syntax, checkers=[planner.usage.add, planner.adapters.add])
+    scan = ManifestScan(source, default_model, batch_rows=batch_rows, labels=labels, prompt_syntax=prompt_syntax,
+                        every_column=True)
+    for part in scan.batches():  # the one streaming pass, pulled
+        planner.usage.add(part.offset, part.table)  # the models and adapters rows ask for: every batch
+        planner.adapters.add(part.offset, part.table)
+        if not scan.refused:  # rows are staged only while the manifest can still run
+            planner.add(part.offset, part.table, part.batch)
+    report = scan.report()
     report.problems += planner.adapters.row_problems()
-    report.raise_if_refused()
+    if refuse:
+        report.raise_if_refused()
+    if report.problems:
+        return PlannedManifest(report, planner, [])
     return PlannedManifest(report, planner, planner.finish(report.duplicate_row_numbers))
+
+
+def planned_batches(shards: Sequence[ShardPlan], batch_size: int) -> int:
+    """The batches ``run`` makes of these shards: each shard holds one batching group (its rows
+    after exact duplicates are dropped), cut into batches of ``batch_size``. (A worker may cut a
+    group once more where rows without a width take different sizes from their init images.)"""
+    return sum(math.ceil(shard.rows / batch_size) for shard in shards)

@@ -19,6 +19,8 @@ from .schema import (
     CLIP_SKIP_RANGE,
     COLUMN_NAMES,
     COLUMNS,
+    DEFAULT_MODE,
+    DEFAULT_PROMPT_SYNTAX,
     FLOAT,
     CONDITIONING_SIZE_RANGE,
     GUIDANCE_RANGE,
@@ -214,7 +216,7 @@ class BatchChecker:
     """Value checks for one record batch whose first row is manifest row ``offset``."""
 
     def __init__(self, batch: pa.RecordBatch, offset: int, problems: ProblemLog,
-                 schedulers: Sequence[str], prompt_syntax: str = "plain"):
+                 schedulers: Sequence[str], prompt_syntax: str = DEFAULT_PROMPT_SYNTAX):
         self.batch = batch
         self.offset = offset
         self.problems = problems
@@ -230,8 +232,8 @@ class BatchChecker:
     def _modes(self) -> pa.Array:
         mode = self._column("mode")
         if mode is None:
-            return pa.array(["txt2img"] * self.batch.num_rows, pa.string())
-        return pc.fill_null(pc.cast(mode, pa.string()), "txt2img")
+            return pa.array([DEFAULT_MODE] * self.batch.num_rows, pa.string())
+        return pc.fill_null(pc.cast(mode, pa.string()), DEFAULT_MODE)
 
     def _syntaxes(self, default: str) -> pa.Array:
         """Each row's prompt syntax: its own, else the job's."""
@@ -317,7 +319,7 @@ class BatchChecker:
 
     def check_a1111_texts(self) -> None:
         """<lora:...> tags only in prompts (their brackets are checked by the job layer, which reads
-        the a1111 grammar: ``jobs.prompt_columns``)."""
+        the a1111 grammar: ``jobs.adapter_checks``)."""
         a1111 = pc.equal(self.syntaxes, "a1111")
         if not pc.any(a1111).as_py():
             return
@@ -449,6 +451,6 @@ def _lora_reason(read) -> str | None:
 
 
 def check_batch(batch: pa.RecordBatch, offset: int, problems: ProblemLog, schedulers: Sequence[str],
-                prompt_syntax: str = "plain") -> None:
+                prompt_syntax: str = DEFAULT_PROMPT_SYNTAX) -> None:
     """``prompt_syntax``: the job's, for rows that name none."""
     BatchChecker(batch, offset, problems, schedulers, prompt_syntax).run()

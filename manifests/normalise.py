@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 
 from .ids import derive_ids
 from .loras import LoraSyntaxError, row_loras
-from .schema import COLUMN_NAMES, COLUMNS, DEFAULTS, IMAGE
+from .schema import COLUMN_NAMES, COLUMNS, DEFAULT_PROMPT_SYNTAX, DEFAULTS, IMAGE
 
 _CASTS = {c.name: c.type for c in COLUMNS if c.type is not None}
 
@@ -63,7 +63,7 @@ def _normal_loras(columns: dict[str, pa.Array]) -> None:
     columns["loras"] = pa.array(out_loras, pa.string())
 
 
-def normalise_batch(batch: pa.RecordBatch, default_model: str, prompt_syntax: str = "plain") -> pa.Table:
+def normalise_batch(batch: pa.RecordBatch, default_model: str, prompt_syntax: str = DEFAULT_PROMPT_SYNTAX) -> pa.Table:
     """The schema columns of ``batch`` normalised (extras are left out; see ``extra_columns``);
     ``prompt_syntax`` is the job's, for rows that name none."""
     rows = batch.num_rows

@@ -129,6 +129,8 @@ COLUMNS: tuple[Column, ...] = (
 )
 COLUMN_NAMES = tuple(c.name for c in COLUMNS)
 DEFAULTS = {c.name: c.default for c in COLUMNS if c.default is not None}
+DEFAULT_MODE = DEFAULTS["mode"]
+DEFAULT_PROMPT_SYNTAX = DEFAULTS["prompt_syntax"]  # the job's --prompt-syntax, itself a default
 COLUMNS_BY_NAME = {c.name: c for c in COLUMNS}
 # The columns that make a row's output: its derived id is a hash of these (after defaults).
 GENERATION_COLUMNS = tuple(n for n in COLUMN_NAMES if n != "id")

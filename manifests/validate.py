@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -20,14 +20,19 @@ import pyarrow.compute as pc
 from .checks import check_batch, check_column_names, check_schema
 from .normalise import extra_columns, normalise_batch
 from .problems import ManifestError, Problem, ProblemLog
-from .schema import BATCH_KEY_COLUMNS, COLUMN_NAMES, batch_key_table
+from .schema import BATCH_KEY_COLUMNS, COLUMN_NAMES, DEFAULT_PROMPT_SYNTAX, batch_key_table
 from .source import BATCH_ROWS, ManifestSource
 
 log = logging.getLogger(__name__)
 
-# Called once per record batch of the first pass with (first row number, the batch's normalised
-# schema columns, the batch as read, every column): how the planner sees each row exactly once.
-BatchObserver = Callable[[int, pa.Table, pa.RecordBatch], None]
+@dataclass(frozen=True)
+class NormalisedBatch:
+    """One record batch of the streaming pass: its first row number, its schema columns normalised
+    (defaults, ids, seeds), and the batch as read (every column read: labels too)."""
+
+    offset: int
+    table: pa.Table
+    batch: pa.RecordBatch
 
 
 def known_schedulers() -> tuple[str, ...]:
@@ -93,7 +98,7 @@ class _Scan:
     """State of one validation pass."""
 
     def __init__(self, source: ManifestSource, default_model: str, schedulers: Sequence[str],
-                 prompt_syntax: str = "plain"):
+                 prompt_syntax: str = DEFAULT_PROMPT_SYNTAX):
         self.source = source
         self.default_model = default_model
         self.prompt_syntax = prompt_syntax
@@ -109,17 +114,13 @@ class _Scan:
     def columns(self) -> list[str]:
         return [n for n in COLUMN_NAMES if n in self.source.column_names]
 
-    def first_pass(self, batch_rows: int, on_batch: BatchObserver | None = None,
-                   checkers: Sequence[BatchObserver] = ()) -> None:
+    def first_pass(self, batch_rows: int, every_column: bool) -> Iterator[NormalisedBatch]:
         known = self.columns()
-        for offset, batch in self.source.batches(None if on_batch else known, batch_rows):
-            checked = batch.select(known) if on_batch else batch
+        for offset, batch in self.source.batches(None if every_column else known, batch_rows):
+            checked = batch.select(known) if every_column else batch
             check_batch(checked, offset, self.problems, self.schedulers, self.prompt_syntax)
             table = normalise_batch(checked, self.default_model, self.prompt_syntax)
-            for check in checkers:
-                check(offset, table, batch)
-            if on_batch is not None and not self.problems:
-                on_batch(offset, table, batch)
+            yield NormalisedBatch(offset, table, batch)
             self.id_hashes.append(_string_hashes(table.column("id")))
             self.id_given.append(_given(batch))
             self.prompt_hashes.append(_string_hashes(pc.unique(table.column("prompt"))))
@@ -184,39 +185,63 @@ class _Scan:
         )
 
 
+class ManifestScan:
+    """Every row of ``source`` checked in one streaming pass that its reader pulls: ``batches()``
+    yields each record batch normalised (the planner stages them as they come), then ``report()``
+    finishes (exact duplicates, the counts) with the problems in it, not raised.
+
+    ``prompt_syntax`` is the job's (``--prompt-syntax``): that of rows that name none. ``labels``
+    are columns declared labels (``--label``): carried through even where their name looks like a
+    misspelt manifest column. ``every_column``: read the labels too (``run``); otherwise only the
+    schema's columns are read, and the labels are checked for UTF-8 alone."""
+
+    def __init__(self, source: ManifestSource, default_model: str = "", schedulers: Sequence[str] | None = None,
+                 batch_rows: int = BATCH_ROWS, labels: Sequence[str] = (),
+                 prompt_syntax: str = DEFAULT_PROMPT_SYNTAX, every_column: bool = False):
+        self.source, self.batch_rows, self.every_column = source, batch_rows, every_column
+        self._scan = _Scan(source, default_model, schedulers if schedulers is not None else known_schedulers(),
+                           prompt_syntax)
+        self._notes = check_column_names(source.column_names, labels, self._scan.problems)
+        named = len(self._scan.problems)
+        check_schema(source.schema, self._scan.problems)
+        self._unreadable = len(self._scan.problems) > named  # columns the row checks cannot read
+        self._read = False
+
+    @property
+    def refused(self) -> bool:
+        """Whether problems were found so far."""
+        return bool(self._scan.problems)
+
+    def batches(self) -> Iterator[NormalisedBatch]:
+        if not self._unreadable:
+            yield from self._scan.first_pass(self.batch_rows, self.every_column)
+        self._read = True
+
+    def report(self) -> ManifestReport:
+        scan, source = self._scan, self.source
+        if not self._read:
+            for _ in self.batches():
+                pass
+        if self._unreadable:
+            report = scan.report(np.zeros(0, np.int64))
+            report.rows = source.count_rows()
+            report.notes = self._notes
+            return report
+        if not self.every_column:  # the pass read only the schema's columns; labels are read by run
+            source.check_utf8(extra_columns(source.column_names), self.batch_rows)
+        if scan.rows == 0:
+            raise ManifestError(f"{source.path}: the manifest has no rows")
+        candidates = scan.candidate_rows()
+        duplicates = scan.second_pass(candidates, self.batch_rows) if len(candidates) else np.zeros(0, np.int64)
+        if len(duplicates):
+            log.info("%d exact duplicate rows in %s: each generated once", len(duplicates), source.path)
+        report = scan.report(duplicates)
+        report.notes = self._notes
+        return report
+
+
 def validate_source(source: ManifestSource, default_model: str = "",
                     schedulers: Sequence[str] | None = None, batch_rows: int = BATCH_ROWS,
-                    labels: Sequence[str] = (), on_batch: BatchObserver | None = None,
-                    checkers: Sequence[BatchObserver] = (),
-                    prompt_syntax: str = "plain") -> ManifestReport:
-    """Check every row of ``source``; problems are in the report, not raised.
-
-    ``prompt_syntax`` is the job's (``--prompt-syntax``): that of rows that name none.
-
-    ``labels`` are columns declared labels (``--label``): carried through even where their name
-    looks like a misspelt manifest column. ``checkers`` see every batch of the pass (normalised), so
-    they can add what they find to the problems the row checks find; ``on_batch`` sees every batch of
-    the one streaming pass,
-    every column read (until a problem is found: then it is no longer called).
-    """
-    scan = _Scan(source, default_model, schedulers if schedulers is not None else known_schedulers(), prompt_syntax)
-    notes = check_column_names(source.column_names, labels, scan.problems)
-    named = len(scan.problems)
-    check_schema(source.schema, scan.problems)
-    if len(scan.problems) > named:  # columns the row checks cannot read
-        report = scan.report(np.zeros(0, np.int64))
-        report.rows = source.count_rows()
-        report.notes = notes
-        return report
-    scan.first_pass(batch_rows, on_batch, checkers)
-    if on_batch is None:  # the pass read only the schema's columns; labels are read by run
-        source.check_utf8(extra_columns(source.column_names), batch_rows)
-    if scan.rows == 0:
-        raise ManifestError(f"{source.path}: the manifest has no rows")
-    candidates = scan.candidate_rows()
-    duplicates = scan.second_pass(candidates, batch_rows) if len(candidates) else np.zeros(0, np.int64)
-    if len(duplicates):
-        log.info("%d exact duplicate rows in %s: each generated once", len(duplicates), source.path)
-    report = scan.report(duplicates)
-    report.notes = notes
-    return report
+                    labels: Sequence[str] = (), prompt_syntax: str = DEFAULT_PROMPT_SYNTAX) -> ManifestReport:
+    """Check every row of ``source`` (``ManifestScan`` read through); problems are in the report."""
+    return ManifestScan(source, default_model, schedulers, batch_rows, labels, prompt_syntax).report()

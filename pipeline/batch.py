@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    from .host_copy import PendingImages
+
 
 @dataclass(frozen=True)
 class LoraWeight:
@@ -92,3 +97,20 @@ class RowInput:
     negative_aesthetic_score: float | None = None
     prompt_syntax: str = "plain"
     clip_skip: int | None = None
+
+
+@dataclass
+class BatchResult:
+    images: np.ndarray  # (N, H, W, 3) uint8
+    scheduler: str  # the scheduler actually used, by sdbatch name
+
+
+@dataclass
+class PendingBatch:
+    """A batch whose GPU work is queued and whose images may still be on their way to the host."""
+
+    images: PendingImages
+    scheduler: str
+
+    def result(self) -> BatchResult:
+        return BatchResult(images=self.images.result(), scheduler=self.scheduler)

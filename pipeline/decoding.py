@@ -13,10 +13,11 @@ from typing import Callable
 
 import torch
 
+from sdbatch.pipeline.speed.static_batch import SpeedStats, StaticBatchRunner
+
 from . import vae
 from .host_copy import PendingImages, to_host
 from .loading import LoadedModel
-from .static_batch import SpeedStats, StaticBatchRunner
 
 
 class Decoder:

@@ -1,4 +1,6 @@
-"""The batched denoising engine: the seed article's loop (steps 4 to 11), run for many rows at once.
+"""The batched denoising engine: the steps of a diffusers pipeline's ``__call__`` (1. check inputs,
+2. encode prompts, 3. timesteps, 4. starting latents, 5. the denoising loop, 6. decode), run for
+many rows at once; the numbered comments in ``submit`` and ``prepare`` follow them.
 
 A batch shares model, mode, size, steps, scheduler, strength, refiner start and LoRAs; prompts
 (in any prompt syntax, with any clip skip), negative prompts, seed, guidance scale and rescale, SDXL's second prompts and size/crop conditioning, and
@@ -17,7 +19,7 @@ UNet input channels, 4-channel inpainting's blend) is in ``modes.py``, what diff
 (text encoders, SDXL's added conditioning) in ``conditioning.py``, the VAE's precision in ``vae.py``.
 A refined row (SDXL base + refiner) runs the loop twice, on two engines (``refiner.py``).
 
-Speed (``acceleration.py``): the UNet and the VAE decode run through the callables ``accelerate``
+Speed (``speed/acceleration.py``): the UNet and the VAE decode run through the callables ``accelerate``
 returns (compiled, fixed shapes, an attention backend, when switched on). The scheduler keeps its
 schedule on the host, so no step waits for the GPU to read a timestep, and images come back through
 pinned memory (``submit`` returns before they have arrived).
@@ -29,41 +31,25 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
+from sdbatch.pipeline.speed.acceleration import SpeedOptions, accelerate
+
 from . import vae
-from .acceleration import SpeedOptions, accelerate
 from .adapters import LoraAdapters
-from .batch import BatchSettings, RowInput
+from .batch import BatchResult, BatchSettings, PendingBatch, RowInput
 from .conditioning import Conditioning, conditioner_for
 from .families import check_row_fields
 from .guidance import Guidance
 from .host_copy import PendingImages, to_device
 from .loading import LoadedModel
 from .modes import STARTS, BatchContext, Start, Window, check_model_supports, denoising_timesteps, start_refiner
+from .refiner import generate_refined
 from .schedulers import check_scheduler, make_scheduler, scheduler_name, step_kwargs
 
 __all__ = ["BatchedEngine", "BatchResult", "BatchSettings", "PendingBatch", "RowInput"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class BatchResult:
-    images: np.ndarray  # (N, H, W, 3) uint8
-    scheduler: str  # the scheduler actually used, by sdbatch name
-
-
-@dataclass
-class PendingBatch:
-    """A batch whose GPU work is queued and whose images may still be on their way to the host."""
-
-    images: PendingImages
-    scheduler: str
-
-    def result(self) -> BatchResult:
-        return BatchResult(images=self.images.result(), scheduler=self.scheduler)
 
 
 @dataclass
@@ -122,11 +108,14 @@ class BatchedEngine:
                 window: Window = Window(), base_latents: torch.Tensor | None = None) -> Run:
         """Scheduler, timesteps, starting latents and conditioning for ``rows`` on this model.
         ``base_latents``: this model refines them (a refiner's window) instead of the mode's start."""
+        # 2. encode the prompts (per row: syntax, clip skip, guidance; SDXL's added conditioning)
         guidance = Guidance.for_rows(rows, self.device, self.dtype)
         conditioning = self.conditioner(settings, rows, guidance)
+        # 3. timesteps: the mode's (strength) and the window's (refiner) part of the schedule
         scheduler = make_scheduler(settings.scheduler, self.pipe.scheduler)
         scheduler.set_timesteps(settings.steps, device="cpu")  # host-side schedule: steps never wait
         timesteps = denoising_timesteps(scheduler, settings, window, self.model.family)
+        # 4. starting latents: each row's noise from its own generator, the mode's image latents
         ctx = BatchContext(self.model, settings, rows, scheduler, timesteps, generators, self.vae_batch)
         start = STARTS[settings.mode](ctx) if base_latents is None else start_refiner(ctx, base_latents)
         return Run(scheduler, timesteps, start, conditioning, guidance, step_kwargs(scheduler, generators))
@@ -162,15 +151,15 @@ class BatchedEngine:
                refiner: BatchedEngine | None = None) -> PendingBatch:
         """``generate``, returning once the batch's work is queued: ``.result()`` waits for the
         images. On a GPU the host is free meanwhile (to write the previous batch's images)."""
+        # 1. check the inputs; the batch's LoRAs become the model's active adapters
         self.speed.check_loras(settings.loras)
         if self.adapters.activate(settings.loras):
             self.speed.adapters_changed()
         if settings.refiner_start is not None:
-            from .refiner import generate_refined
-
-            return generate_refined(self, refiner, settings, rows)
+            return generate_refined(self, refiner, settings, rows)  # steps 2-6 on two engines
         self._check(settings, rows)
         self.speed.reserve(len(rows))
         generators = [torch.Generator("cpu").manual_seed(r.seed) for r in rows]
-        run = self.prepare(settings, rows, generators)
-        return PendingBatch(self._decode(self.denoise(run)), scheduler_name(run.scheduler))
+        run = self.prepare(settings, rows, generators)  # 2.-4.
+        latents = self.denoise(run)  # 5. the denoising loop
+        return PendingBatch(self._decode(latents), scheduler_name(run.scheduler))  # 6. decode (on its way)

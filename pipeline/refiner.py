@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .batch import BatchSettings, RowInput
+from .batch import BatchSettings, PendingBatch, RowInput
 from .loading import LoadedModel
 from .modes import ModeError, Window
 from .schedulers import check_scheduler, scheduler_name
@@ -51,8 +51,6 @@ def check_refiner(base: LoadedModel, refiner: LoadedModel, settings: BatchSettin
 def generate_refined(base, refiner, settings: BatchSettings, rows: list[RowInput]):
     """Images for ``rows``: the base engine runs the first ``refiner_start`` of the schedule, the
     refiner engine the rest (both ``engine.BatchedEngine``); an ``engine.PendingBatch``."""
-    from .engine import PendingBatch
-
     if refiner is None:
         raise ValueError(f"refiner_start {settings.refiner_start} needs a refiner model, and none was given")
     check_refiner(base.model, refiner.model, settings)

@@ -17,19 +17,20 @@ from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from conftest import invoke, stock_row_kwargs, to_uint8, write_manifest
-from sdbatch.jobs.outdir import OutputFolder
+from helpers import invoke, write_manifest
+from helpers import stock_row_kwargs, to_uint8
 from sdbatch.jobs.planning import plan_manifest
-from sdbatch.jobs.storage import LocalStorage
-from sdbatch.jobs.worker import ShardWorker
-from sdbatch.jobs.worker_config import WorkerConfig
+from sdbatch.jobs.store.outdir import OutputFolder
+from sdbatch.jobs.store.storage import LocalStorage
+from sdbatch.jobs.worker.shard_worker import ShardWorker
+from sdbatch.jobs.worker.worker_config import WorkerConfig
 from sdbatch.manifests.source import open_manifest
 from sdbatch.pipeline.adapters import load_embedding
 from sdbatch.pipeline.batch import LoraWeight
 from sdbatch.pipeline.engine import BatchedEngine, BatchSettings, RowInput
 from sdbatch.pipeline.loading import load_model
 from sdbatch.pipeline.schedulers import make_scheduler
-from test_engine import assert_close
+from helpers import assert_close
 
 STEPS = 3
 SETTINGS = BatchSettings(32, 32, STEPS, "ddim")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import invoke, write_manifest
+from helpers import invoke, write_manifest
 
 DAMAGES = ("garbage", "truncated", "deleted")
 TARGETS = {

@@ -10,6 +10,7 @@ from diffusers import StableDiffusionPipeline
 from sdbatch.pipeline.engine import BatchedEngine, BatchSettings, RowInput
 from sdbatch.pipeline.loading import load_model
 from sdbatch.pipeline.schedulers import SCHEDULER_NAMES, make_scheduler
+from helpers import assert_close, mixed_rows
 
 STEPS = 10
 
@@ -40,24 +41,6 @@ def stock_image(pipe, scheduler: str | None, row: RowInput, size=32, steps=STEPS
         output_type="np",
     ).images[0]
     return (out * 255).round().astype(np.uint8)
-
-
-def assert_close(a: np.ndarray, b: np.ndarray) -> None:
-    assert a.shape == b.shape
-    diff = np.abs(a.astype(int) - b.astype(int)).max()
-    assert diff <= 1, f"max uint8 difference {diff}"
-
-
-def mixed_rows(n: int) -> list[RowInput]:
-    return [
-        RowInput(
-            prompt=f"a photo of the thing number {i % 5}",
-            seed=7_000 + 31 * i,
-            guidance_scale=[7.5, 1.0, 3.0, 12.0][i % 4],
-            negative_prompt=["", "blurry, low quality"][i % 2],
-        )
-        for i in range(n)
-    ]
 
 
 @pytest.mark.parametrize("scheduler", list(SCHEDULER_NAMES) + [None])

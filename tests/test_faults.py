@@ -21,8 +21,8 @@ import pyarrow.dataset as ds
 import pytest
 from PIL import Image
 
-from conftest import invoke, write_manifest
-from sdbatch.jobs.storage import LocalStorage, StorageError
+from helpers import invoke, write_manifest
+from sdbatch.jobs.store.storage import LocalStorage, StorageError
 
 
 def manifest_of(path: Path, rows: int, prompt: str = "a fox", **extra) -> Path:
@@ -124,9 +124,9 @@ def test_a_live_drivers_lease_refuses_a_second_driver_and_a_dead_ones_is_taken_o
 
 
 def test_two_drivers_at_once_the_second_is_refused_while_the_first_beats(tiny_base, tmp_path, monkeypatch):
-    from sdbatch.jobs import lease
+    from sdbatch.jobs.store import lease
     from sdbatch.jobs.driver import RunRequest, run_job
-    from sdbatch.jobs.worker_config import WorkerConfig
+    from sdbatch.jobs.worker.worker_config import WorkerConfig
 
     monkeypatch.setattr(lease, "HEARTBEAT_SECONDS", 0.05)
     manifest = manifest_of(tmp_path / "m.parquet", 1)
@@ -218,7 +218,7 @@ def test_an_unexpected_failure_is_one_line_naming_the_log_with_its_traceback(tin
         raise RuntimeError("a bug\nwith a second line")
         yield  # noqa: unreachable - a generator, as the real one
 
-    monkeypatch.setattr("sdbatch.jobs.worker.ShardWorker.run_shard", broken)
+    monkeypatch.setattr("sdbatch.jobs.worker.shard_worker.ShardWorker.run_shard", broken)
     out = tmp_path / "out"
     result = invoke(*run_args(manifest_of(tmp_path / "m.parquet", 1), out, tiny_base))
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output

@@ -6,7 +6,6 @@ file."""
 
 from __future__ import annotations
 
-import io
 import os
 import struct
 import threading
@@ -14,22 +13,14 @@ import zlib
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pyarrow.dataset as ds
 import pytest
-from PIL import Image
 
-from conftest import invoke, write_manifest
-from sdbatch.jobs.image_cells import OUTSIDE_ROOTS, CellAccess, ImageCellError, load_cell_image
-from sdbatch.jobs.inputs import FailedRow, ReadyRow, prepare_row
+from helpers import invoke, write_manifest
+from sdbatch.jobs.worker.image_cells import OUTSIDE_ROOTS, CellAccess, ImageCellError, load_cell_image
+from sdbatch.jobs.worker.inputs import FailedRow, ReadyRow, prepare_row
 from sdbatch.manifests.schema import GenerationRow
-
-
-def png(width: int, height: int, seed: int = 0) -> bytes:
-    rng = np.random.default_rng(seed)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
+from helpers import png
 
 
 def png_header_only(width: int, height: int) -> bytes:

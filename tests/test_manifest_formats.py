@@ -10,14 +10,13 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from click.testing import CliRunner
 
-from sdbatch.cli.main import main
 from sdbatch.manifests import formats
 from sdbatch.manifests.normalise import normalise_batch
 from sdbatch.manifests.problems import ManifestError
 from sdbatch.manifests.source import open_manifest
 from sdbatch.manifests.validate import validate_source
+from helpers import invoke
 
 ROWS = [
     {"id": "001", "prompt": "a red fox, at dusk", "seed": 2**64 - 1, "steps": 2, "guidance_scale": 5.5,
@@ -31,10 +30,6 @@ CSV_TEXT = ('id,prompt,seed,steps,guidance_scale,width,scheduler,label\n'
             '001,"a red fox, at dusk",18446744073709551615,2,5.5,64,ddim,x\n'
             '002,NA,7,3,7,,,y\n'
             '003,123,0,2,1.5,128,euler_a,z\n')
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
 def write_all_formats(folder) -> dict[str, object]:

@@ -39,7 +39,7 @@ def test_run_refuses_exactly_when_validate_does(tmp_path, tiny_base):
     import pyarrow as pa
     from click.testing import CliRunner
 
-    from manifest_fuzz import Verdict, assert_same_verdict, verdict
+    from manifest_fuzz import assert_same_verdict, verdict
     from sdbatch.cli.main import main
 
     def run(path: Path, labels) -> Verdict:  # no labels in these cases

@@ -4,19 +4,13 @@ to use), unless declared labels; other unknown columns stay carried-through labe
 from __future__ import annotations
 
 import pytest
-from click.testing import CliRunner
 
-from conftest import write_manifest
-from sdbatch.cli.main import main
+from helpers import write_manifest
 from sdbatch.manifests.source import open_manifest
 from sdbatch.manifests.validate import validate_source
+from helpers import invoke
 
 
-def invoke(*args: str):
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
-
-
-# (column as written, the manifest column the refusal names)
 MEANT = [
     ("guidance", "guidance_scale"), ("Prompt", "prompt"), ("PROMPT", "prompt"), ("ID", "id"),
     ("promt", "prompt"), ("propmt", "prompt"), ("seeds", "seed"), ("Steps", "steps"), ("widht", "width"),

@@ -6,22 +6,17 @@ import shutil
 
 import pyarrow as pa
 import pyarrow.dataset as ds
-from click.testing import CliRunner
 
-from conftest import planned_rows, write_manifest
-from sdbatch.cli.main import main
+from helpers import planned_rows, write_manifest
 from sdbatch.manifests.ids import MAX_KEY_LENGTH
 from sdbatch.manifests.schema import SEED_MAX
+from helpers import invoke
 
 ROWS = {
     "prompt": ["a cat", "a dog", "a fox", "a cow", "an owl", "a bee"],
     "steps": [2, 3, 2, 3, 2, 3],
     "label": ["l0", "l1", "l2", "l3", "l4", "l5"],
 }
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
 def _slice(columns: dict, start: int, stop: int) -> dict:

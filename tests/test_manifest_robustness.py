@@ -9,20 +9,15 @@ import math
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from click.testing import CliRunner
 
-from conftest import write_manifest
-from sdbatch.cli.main import main
+from helpers import write_manifest
 from sdbatch.manifests.problems import ManifestError
 from sdbatch.manifests.schema import COLUMN_NAMES
 from sdbatch.manifests.source import open_manifest
 from sdbatch.manifests.validate import validate_source
+from helpers import invoke
 
 BIG = 2**63  # one past int64
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
 def damage_second_row_group(path) -> None:

@@ -8,11 +8,10 @@ import math
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from click.testing import CliRunner
 
-from conftest import write_manifest
-from sdbatch.cli.main import main
+from helpers import write_manifest
 from sdbatch.manifests.schema import SEED_MAX
+from helpers import invoke
 
 # (case, manifest columns, substrings the refusal must contain)
 REFUSALS = [
@@ -60,10 +59,6 @@ REFUSALS = [
     ("negative seed", {"prompt": ["a", "b"], "seed": [1, -5]},
      ["column 'seed', row 1 (1 row): must be between 0 and 2**64-1, got -5"]),
 ]
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
 @pytest.mark.parametrize("case,columns,expected", REFUSALS, ids=[c[0] for c in REFUSALS])
@@ -170,23 +165,36 @@ def test_report_counts_rows_modes_prompts_and_batches(tmp_path):
     assert "problems: none" in lines
 
 
-def test_planned_batches_match_the_planner(tmp_path):
-    """validate's count is what `run` will actually do, checked against the planner itself."""
-    from conftest import planned_shards
-    from sdbatch.cli.manifest_commands import count_batches
-    from sdbatch.jobs.worker import group_batches
+def test_validate_and_dry_run_print_the_batches_the_worker_makes(tmp_path, monkeypatch):
+    """validate and run --dry-run print one count, the planner's: what the worker cuts the staged
+    shards into, also where a group is written early (the planner's buffer is full) and where
+    exact duplicate rows are dropped."""
+    from helpers import planned_shards
+    from sdbatch.jobs import planning
+    from sdbatch.jobs.worker.shard_worker import group_batches
 
     n = 230
     manifest = write_manifest(tmp_path / "m.parquet", {
-        "prompt": [f"p{i % 7}" for i in range(n)],
-        "steps": [(2, 3, 4)[i % 3] for i in range(n)],
-        "width": [(32, 64)[i % 2] for i in range(n)],
+        "prompt": [f"p{i % 7}" for i in range(n - 10)] + ["p0"] * 10,  # 10 exact duplicates of row 0
+        "seed": [i for i in range(n - 10)] + [0] * 10,
+        "steps": [(2, 3, 4)[i % 3] for i in range(n - 10)] + [2] * 10,
+        "width": [(32, 64)[i % 2] for i in range(n - 10)] + [32] * 10,
     })
-    for shard_size, batch_size in ((1000, 16), (25, 4), (7, 3)):
-        shards, planned = planned_shards(manifest, "m", shard_size=shard_size)
-        assert all(len({r.batch_key() for r in rows}) == 1 for rows in shards.values())  # one key a shard
-        actual = sum(len(group_batches(rows, lambda r: r.batch_key(), batch_size)) for rows in shards.values())
-        assert count_batches(planned.report.group_sizes, shard_size, batch_size) == actual
+    for buffer_bytes in (planning.BUFFER_BYTES, 2_000):  # 2 kB: groups are written as shorter shards
+        monkeypatch.setattr(planning, "BUFFER_BYTES", buffer_bytes)
+        for shard_size, batch_size in ((1000, 16), (25, 4), (7, 3)):
+            shards, _ = planned_shards(manifest, "m", shard_size=shard_size)
+            assert all(len({r.batch_key() for r in rows}) == 1 for rows in shards.values())  # one key a shard
+            actual = sum(len(group_batches(rows, lambda r: r.batch_key(), batch_size)) for rows in shards.values())
+            sizes = ["--batch-size", str(batch_size), "--shard-size", str(shard_size)]
+            printed = []
+            for args in (["validate", str(manifest), "--model", "tiny"],
+                         ["run", str(manifest), "--model", "tiny", "--out", str(tmp_path / "out"), "--dry-run"]):
+                result = invoke(*args, *sizes)
+                assert result.exit_code == 0, result.output
+                printed += [line for line in result.output.splitlines() if line.startswith("planned batches:")]
+            assert printed[0] == printed[1]
+            assert printed[0].startswith(f"planned batches: {actual} "), (buffer_bytes, shard_size, printed)
 
 
 def test_problem_rows_are_manifest_rows_across_batches_and_files(tmp_path):

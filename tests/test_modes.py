@@ -14,30 +14,15 @@ from diffusers import (
     StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
 )
-from PIL import Image
 
 from sdbatch.pipeline.engine import BatchedEngine, BatchSettings, RowInput
 from sdbatch.pipeline.loading import load_model
 from sdbatch.pipeline.schedulers import SCHEDULER_NAMES, make_scheduler
-from test_engine import assert_close
+from helpers import assert_close
+from helpers import half_mask, noise_image
 
 STEPS = 10
 REQUIRED_SCHEDULERS = ["ddim", "euler_a", "dpmpp_2m"]
-
-
-def noise_image(seed: int, width: int = 32, height: int = 32) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
-
-
-def half_mask(width: int = 32, height: int = 32, right: bool = True) -> Image.Image:
-    """White (repaint) on one half, black (keep) on the other."""
-    mask = np.zeros((height, width), dtype=np.uint8)
-    if right:
-        mask[:, width // 2 :] = 255
-    else:
-        mask[:, : width // 2] = 255
-    return Image.fromarray(mask, mode="L")
 
 
 def ramp_depth(width: int = 20, height: int = 12) -> np.ndarray:

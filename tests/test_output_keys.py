@@ -65,7 +65,7 @@ def test_two_rows_whose_ids_collided_give_two_images_in_both_layouts(tmp_path, t
     import pyarrow.dataset as ds
     from click.testing import CliRunner
 
-    from conftest import write_manifest
+    from helpers import write_manifest
     from sdbatch.cli.main import main
 
     ids = ["a_b-c8687a08aa5d", "a b", "a.b", "a_b"]

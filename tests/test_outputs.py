@@ -16,9 +16,9 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from conftest import write_manifest
-from sdbatch.jobs.image_encoding import embedded_parameters
-from test_run_local import read_metadata, run_cli
+from helpers import write_manifest
+from sdbatch.jobs.store.image_encoding import embedded_parameters
+from helpers import invoke, read_metadata
 
 ROWS = {
     "id": ["fox.1", "cat", "owl", "bad", "elk"],
@@ -45,7 +45,7 @@ def manifest(tmp_path) -> Path:
 
 
 def run(manifest: Path, out: Path, model: str, *extra: str):
-    return run_cli("run", str(manifest), "--model", model, "--out", str(out), "--device", "cpu",
+    return invoke("run", str(manifest), "--model", model, "--out", str(out), "--device", "cpu",
                    "--executor", "local", "--shard-size", "2", "--batch-size", "2", *extra)
 
 
@@ -107,13 +107,13 @@ def test_webdataset_layout_loads_with_webdataset_and_matches_the_files_images(ma
         same_row = Image.open(files_out / reference[row["id"]]["image"])
         assert (pixels(sample["webp"]) == pixels(same_row)).all()  # same row, same image, either layout
     assert meta["bad"]["status"] == "error" and meta["bad"]["image"] is None
-    assert run_cli("verify", str(wds_out)).exit_code == 0
+    assert invoke("verify", str(wds_out)).exit_code == 0
 
 
 def test_verify_checks_webdataset_members(manifest, tiny_base, tmp_path):
     out = tmp_path / "out"
     run(manifest, out, tiny_base, "--layout", "webdataset")
-    assert run_cli("verify", str(out)).exit_code == 0
+    assert invoke("verify", str(out)).exit_code == 0
     fox = next(r for r in read_metadata(out) if r["id"] == "fox.1")
     tar_file = out / "shards" / f"{fox['shard']}.tar"
     with tarfile.open(tar_file) as tar:
@@ -121,7 +121,7 @@ def test_verify_checks_webdataset_members(manifest, tiny_base, tmp_path):
     with tarfile.open(tar_file, "w") as tar:  # the shard's images are gone, their JSON stays
         for member, data in kept:
             tar.addfile(member, io.BytesIO(data))
-    result = run_cli("verify", str(out))
+    result = invoke("verify", str(out))
     assert result.exit_code == 1
     assert f"image {fox['image']} is missing" in result.output
     assert f"stray member shards/{fox['shard']}.tar#fox~2e1.json" in result.output  # its JSON, now alone

@@ -13,12 +13,12 @@ from diffusers import (
     StableDiffusionXLPipeline,
 )
 
-from conftest import stock_row_kwargs, to_uint8
+from helpers import stock_row_kwargs, to_uint8
 from sdbatch.pipeline.engine import BatchedEngine, BatchSettings, RowInput
 from sdbatch.pipeline.loading import load_model
 from sdbatch.pipeline.schedulers import SCHEDULER_NAMES, SchedulerSettingError, make_scheduler
-from test_engine import assert_close
-from test_modes import half_mask, noise_image
+from helpers import assert_close
+from helpers import half_mask, noise_image
 
 STEPS = 8
 # SD 2.1-style fine-tunes trained with "Common Diffusion Noise Schedules and Sample Steps are Flawed"

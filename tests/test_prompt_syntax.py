@@ -12,7 +12,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-from conftest import stock_row_kwargs, to_uint8
+from helpers import stock_row_kwargs, to_uint8
 from sdbatch.pipeline.conditioning import text_facts
 from sdbatch.pipeline.engine import BatchedEngine, BatchSettings, RowInput
 from sdbatch.pipeline.loading import load_model
@@ -20,7 +20,7 @@ from sdbatch.pipeline.modes import ModeError
 from sdbatch.pipeline.prompt_syntax import a1111_problem, parse_a1111
 from sdbatch.pipeline.schedulers import make_scheduler
 from sdbatch.pipeline.text import TextRequest
-from test_engine import assert_close
+from helpers import assert_close
 
 STEPS = 3
 SETTINGS = BatchSettings(32, 32, STEPS, "euler")

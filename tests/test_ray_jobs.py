@@ -21,7 +21,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import ACCESS_KEY, SECRET, get, invoke, keys, write_manifest
+from helpers import invoke, write_manifest
+from helpers import ACCESS_KEY, SECRET, get, keys
+from helpers import images_by_id, markers
 
 ROWS = 48
 CLI = [sys.executable, "-m", "sdbatch.cli"]
@@ -44,22 +46,10 @@ def start(*args: str) -> subprocess.Popen:
     return subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def images_by_id(out: Path, rows: int = ROWS) -> dict[str, np.ndarray]:
-    meta = ds.dataset(str(out / "metadata"), format="parquet").to_table().to_pylist()
-    assert len(meta) == rows and len({r["id"] for r in meta}) == rows
-    assert all(r["status"] == "ok" for r in meta), [r["error"] for r in meta if r["error"]][:3]
-    return {r["id"]: np.asarray(Image.open(out / r["image"])).astype(int) for r in meta}
-
-
 def assert_same_images(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     worst = max(np.abs(a[k] - b[k]).max() for k in a)
     assert worst <= 1, f"max uint8 difference {worst}"
-
-
-def markers(out: Path) -> int:
-    folder = out / "_job" / "shards"
-    return len(list(folder.glob("*.json"))) if folder.exists() else 0
 
 
 def summary(out: Path) -> dict:
@@ -124,7 +114,7 @@ def job(tiny_base, tmp_path_factory):
     ref = root / "ref"
     result = invoke("run", str(manifest), "--out", str(ref), "--executor", "local", *common)
     assert result.exit_code == 0, result.output
-    return manifest, common, images_by_id(ref)
+    return manifest, common, images_by_id(ref, ROWS)
 
 
 def test_two_actor_job_completes_verifies_and_equals_local(job, ray_address, tmp_path):
@@ -133,7 +123,7 @@ def test_two_actor_job_completes_verifies_and_equals_local(job, ray_address, tmp
     result = invoke("run", str(manifest), "--out", str(out), "--actors", "2", *common)
     assert result.exit_code == 0, result.output
     assert invoke("verify", str(out)).exit_code == 0
-    assert_same_images(images_by_id(out), reference)
+    assert_same_images(images_by_id(out, ROWS), reference)
     workers = summary(out)["per_worker"]
     assert sorted(name.split("@")[0] for name in workers) == ["actor-0", "actor-1"]
     assert sum(w["rows"] for w in workers.values()) == ROWS
@@ -170,7 +160,7 @@ def test_driver_killed_mid_job_then_rerun_gives_exactly_once(job, ray_address, t
     assert rerun.exit_code == 0, rerun.output
     assert "rows already done" in rerun.output
     assert invoke("verify", str(out)).exit_code == 0
-    assert_same_images(images_by_id(out), reference)
+    assert_same_images(images_by_id(out, ROWS), reference)
 
 
 def work_after_restart(out: Path, output: str) -> list[int]:
@@ -194,7 +184,7 @@ def test_a_killed_single_actor_is_restarted_and_the_job_completes_exactly_once(j
     assert len(killer.killed) == 1
     assert result.exit_code == 0, result.output
     assert invoke("verify", str(out)).exit_code == 0
-    assert_same_images(images_by_id(out), reference)
+    assert_same_images(images_by_id(out, ROWS), reference)
     (shards,) = work_after_restart(out, result.output)
     assert shards >= 1  # the restarted process did work
 
@@ -324,12 +314,12 @@ def test_ctrl_c_and_sigterm_stop_cleanly_and_a_rerun_resumes(job, ray_address, t
         assert verified.exit_code == 3 and "incomplete" in verified.output, verified.output
         assert invoke(*args).exit_code == 0
         assert invoke("verify", str(out)).exit_code == 0
-        assert_same_images(images_by_id(out), reference)
+        assert_same_images(images_by_id(out, ROWS), reference)
 
 
 def test_a_mixed_family_manifest_runs_on_ray(ray_address, tiny_models, family_models, tmp_path):
     """SD 1.5, v-prediction and SDXL rows of every mode, batched apart, on two actors."""
-    from test_run_families import check_mixed, mixed_columns
+    from helpers import check_mixed, mixed_columns
 
     manifest = write_manifest(tmp_path / "m.parquet", mixed_columns(tiny_models, family_models))
     out = tmp_path / "out"

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from conftest import invoke, write_manifest
-from test_ray_jobs import images_by_id, markers
+from helpers import invoke, write_manifest
+from helpers import images_by_id, markers
 
 ROWS = 24
 

@@ -14,13 +14,13 @@ from diffusers import (
     StableDiffusionXLPipeline,
 )
 
-from conftest import stock_row_kwargs, to_uint8
+from helpers import stock_row_kwargs, to_uint8
 from sdbatch.pipeline.engine import BatchedEngine, BatchSettings, RowInput
 from sdbatch.pipeline.loading import load_model
 from sdbatch.pipeline.modes import ModeError
 from sdbatch.pipeline.schedulers import make_scheduler
-from test_engine import assert_close
-from test_sdxl import xl_rows
+from helpers import assert_close
+from helpers import xl_rows
 
 STEPS = 10
 

@@ -31,7 +31,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import write_manifest
+from helpers import write_manifest
 from sdbatch.cli.main import main
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -441,7 +441,7 @@ def _grids(html: str) -> list[dict]:
 def test_report_starts_without_torch():
     """The report command and everything it runs import no torch, diffusers or Ray (it starts in
     well under a second)."""
-    code = ("import sys, sdbatch.cli.report_command, sdbatch.jobs.report_build; "
+    code = ("import sys, sdbatch.cli.report_command, sdbatch.jobs.report.build; "
             "print([m for m in ('torch', 'diffusers', 'transformers', 'ray') if m in sys.modules])")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr

@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
-import pyarrow.dataset as ds
-from click.testing import CliRunner
 from PIL import Image
 
-from conftest import write_manifest
-from sdbatch.cli.main import main
+from helpers import write_manifest
+from helpers import invoke, read_metadata
 
 CONTRACT = ["id", "status", "error", "image", "prompt", "negative_prompt", "seed", "guidance_scale",
             "steps", "width", "height", "scheduler", "model"]
-
-
-def run_cli(*args: str):
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
-
-
-def read_metadata(out: Path):
-    return ds.dataset(str(out / "metadata"), format="parquet").to_table().to_pylist()
 
 
 def test_run_writes_one_image_and_metadata_row_per_manifest_row(tiny_base, tmp_path):
@@ -36,7 +25,7 @@ def test_run_writes_one_image_and_metadata_row_per_manifest_row(tiny_base, tmp_p
         "label": ["x", "y", "z", "x", "y", "z"],
     })
     out = tmp_path / "out"
-    result = run_cli("run", str(manifest), "--model", tiny_base, "--out", str(out), "--device", "cpu", "--executor", "local",
+    result = invoke("run", str(manifest), "--model", tiny_base, "--out", str(out), "--device", "cpu", "--executor", "local",
                      "--batch-size", "4")
     assert result.exit_code == 0, result.output
     rows = {r["id"]: r for r in read_metadata(out)}
@@ -62,7 +51,7 @@ def test_same_rows_same_images_whatever_the_batch_size(tiny_base, tmp_path):
     pixels = []
     for batch in ("1", "5"):
         out = tmp_path / f"out{batch}"
-        assert run_cli("run", str(manifest), "--model", tiny_base, "--out", str(out), "--device", "cpu", "--executor", "local",
+        assert invoke("run", str(manifest), "--model", tiny_base, "--out", str(out), "--device", "cpu", "--executor", "local",
                        "--batch-size", batch).exit_code == 0
         meta = sorted(read_metadata(out), key=lambda r: r["id"])
         pixels.append(np.stack([np.asarray(Image.open(out / r["image"])) for r in meta]).astype(int))
@@ -73,7 +62,7 @@ def test_rows_without_id_or_seed_get_stable_ones(tiny_base, tmp_path):
     manifest = write_manifest(tmp_path / "m.parquet", {"prompt": ["a", "b"], "steps": [3, 3]})
     runs = []
     for name in ("o1", "o2"):
-        assert run_cli("run", str(manifest), "--model", tiny_base, "--out", str(tmp_path / name),
+        assert invoke("run", str(manifest), "--model", tiny_base, "--out", str(tmp_path / name),
                        "--device", "cpu", "--executor", "local").exit_code == 0
         runs.append(sorted((r["id"], r["seed"]) for r in read_metadata(tmp_path / name)))
     assert runs[0] == runs[1]
@@ -82,7 +71,7 @@ def test_rows_without_id_or_seed_get_stable_ones(tiny_base, tmp_path):
 
 def test_default_model_is_the_builtin_tiny_one(tmp_path):
     manifest = write_manifest(tmp_path / "m.parquet", {"prompt": ["hello"], "steps": [2]})
-    result = run_cli("run", str(manifest), "--out", str(tmp_path / "out"), "--device", "cpu", "--executor", "local")
+    result = invoke("run", str(manifest), "--out", str(tmp_path / "out"), "--device", "cpu", "--executor", "local")
     assert result.exit_code == 0, result.output
     (row,) = read_metadata(tmp_path / "out")
     assert row["status"] == "ok" and row["model"] == "tiny"  # recorded as written
@@ -91,7 +80,7 @@ def test_default_model_is_the_builtin_tiny_one(tmp_path):
 def test_builtin_model_names_work_in_the_model_column(tiny_base, tmp_path):
     manifest = write_manifest(tmp_path / "m.parquet", {"prompt": ["a", "b"], "steps": [2, 2],
                                                        "model": ["tiny", None]})
-    result = run_cli("run", str(manifest), "--model", tiny_base, "--out", str(tmp_path / "out"),
+    result = invoke("run", str(manifest), "--model", tiny_base, "--out", str(tmp_path / "out"),
                      "--device", "cpu", "--executor", "local")
     assert result.exit_code == 0, result.output
     rows = read_metadata(tmp_path / "out")

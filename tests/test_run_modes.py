@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 from pathlib import Path
 
 import numpy as np
@@ -12,15 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from test_run_local import read_metadata, run_cli
-
-
-def png(width: int, height: int, seed: int, mode: str = "RGB") -> bytes:
-    rng = np.random.default_rng(seed)
-    shape = (height, width, 3) if mode == "RGB" else (height, width)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode).save(buf, format="PNG")
-    return buf.getvalue()
+from helpers import invoke, read_metadata
+from helpers import png
 
 
 FILES = {
@@ -97,7 +89,7 @@ def mixed_run(tiny_models, tmp_path_factory):
     runs = {}
     for batch in ("16", "1"):
         out = folder / f"out-{batch}"
-        result = run_cli("run", str(manifest), "--model", tiny_models["base"], "--out", str(out),
+        result = invoke("run", str(manifest), "--model", tiny_models["base"], "--out", str(out),
                          "--device", "cpu", "--batch-size", batch, "--executor", "local")
         runs[batch] = (result, out, {r["id"]: r for r in read_metadata(out)})
     return runs

@@ -15,11 +15,12 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-from conftest import invoke, to_uint8, write_manifest
+from helpers import invoke, write_manifest
+from helpers import to_uint8
 from sdbatch.manifests.normalise import normalise_batch
 from sdbatch.pipeline.schedulers import make_scheduler
-from sdbatch.pipeline.tiny import write_tiny_lora
-from test_engine import assert_close
+from sdbatch.pipeline.tiny_adapters import write_tiny_lora
+from helpers import assert_close
 
 TOKEN = "<tiny-style>"
 
@@ -179,8 +180,8 @@ def test_syntaxes_embeddings_and_clip_skip_through_run(tmp_path, tiny_base, tiny
 
 def test_lora_names_resolve_in_an_s3_lora_dir_and_pickles_are_refused(tmp_path, tiny_adapters, endpoint, client,
                                                                          bucket):
-    from conftest import put
-    from sdbatch.jobs.adapter_files import AdapterError, LoraFiles
+    from helpers import put
+    from sdbatch.jobs.worker.adapter_files import AdapterError, LoraFiles
     from sdbatch.manifests.remote import S3Options
 
     data = Path(tiny_adapters["lora-a"]).read_bytes()

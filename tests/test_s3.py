@@ -22,9 +22,11 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from conftest import ACCESS_KEY, SECRET, get, invoke, keys, put, write_manifest
-from sdbatch.jobs.storage import open_storage
+from helpers import invoke, write_manifest
+from helpers import ACCESS_KEY, SECRET, get, keys, put
+from sdbatch.jobs.store.backends import open_storage
 from sdbatch.manifests.remote import S3Options
+from helpers import png
 
 CLI = [sys.executable, "-m", "sdbatch.cli"]
 ROWS = 24
@@ -52,13 +54,6 @@ def sdbatch(*args: str, env: dict | None = None) -> Ran:
     return Ran(result.exit_code, result.stdout, result.stderr)
 
 
-def png(seed: int, size: int = 32) -> bytes:
-    rng = np.random.default_rng(seed)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def manifest_columns(cells: list[str]) -> dict:
     """img2img rows whose init images are ``cells``; ids and seeds given, so a row's image does not
     depend on where its manifest and inputs live."""
@@ -76,7 +71,7 @@ def manifest_columns(cells: list[str]) -> dict:
 
 @pytest.fixture(scope="module")
 def inputs():
-    return {f"in-{i}.png": png(i) for i in range(4)}
+    return {f"in-{i}.png": png(32, 32, i) for i in range(4)}
 
 
 def cells_for(i: int, absolute_prefix: str | None) -> str:
@@ -238,7 +233,7 @@ def test_bad_s3_locations_get_clear_errors(tiny_base, endpoint, client, bucket, 
         "id": ["ok", "gone"], "prompt": ["x", "y"], "steps": [2, 2], "mode": ["img2img", "img2img"],
         "init_image": [f"s3://{bucket}/in/a.png", f"s3://{bucket}/in/missing.png"],
     })
-    put(client, bucket, "in/a.png", png(1))
+    put(client, bucket, "in/a.png", png(32, 32, 1))
     common = ["--executor", "local", "--model", tiny_base, "--device", "cpu", "--s3-endpoint-url", endpoint]
 
     no_bucket = sdbatch("run", str(manifest), "--out", "s3://no-such-bucket-here/out", *common)

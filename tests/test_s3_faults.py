@@ -14,7 +14,8 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import _free_port, get, invoke, keys, put, write_manifest
+from helpers import invoke, write_manifest
+from helpers import free_port, get, keys, put
 
 
 class TcpProxy:
@@ -23,7 +24,7 @@ class TcpProxy:
 
     def __init__(self, target_port: int):
         self.target = target_port
-        self.port = _free_port()
+        self.port = free_port()
         self.server: socket.socket | None = None
         self.connections: list[socket.socket] = []
         self.lock = threading.Lock()
@@ -101,7 +102,8 @@ def metadata_rows(client, bucket: str, prefix: str) -> list[dict]:
 
 def test_an_s3_outage_while_images_are_written_fails_rows_the_next_run_retries(tiny_base, client, bucket, proxy,
                                                                                  tmp_path, monkeypatch):
-    from sdbatch.jobs import layouts, worker
+    from sdbatch.jobs.store import layouts
+    from sdbatch.jobs.worker import shard_worker as worker
 
     manifest = write_manifest(tmp_path / "m.parquet", {"id": [f"r{i}" for i in range(4)], "prompt": ["a fox"] * 4,
                                                        "seed": [1, 2, 3, 4], "steps": [1] * 4, "width": [16] * 4,

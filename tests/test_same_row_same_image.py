@@ -28,10 +28,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import invoke, to_uint8, write_manifest
+from helpers import invoke, write_manifest
+from helpers import to_uint8
 from sdbatch.manifests.normalise import normalise_batch
 from sdbatch.pipeline.schedulers import make_scheduler
-from test_engine import assert_close
+from helpers import assert_close
 
 TOKEN = "<tiny-style>"
 SIZE = dict(width=32, height=32, steps=4, guidance_scale=6.0, scheduler="dpmpp_2m")

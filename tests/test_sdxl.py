@@ -15,15 +15,15 @@ from diffusers import (
     StableDiffusionXLPipeline,
 )
 
-from conftest import stock_row_kwargs, to_uint8
+from helpers import stock_row_kwargs, to_uint8
 from sdbatch.pipeline.engine import BatchedEngine, BatchSettings, RowInput
 from sdbatch.pipeline.model_files import ModelLoadError
 from sdbatch.pipeline.loading import load_model
 from sdbatch.pipeline.modes import ModeError
 from sdbatch.pipeline.schedulers import SCHEDULER_NAMES, make_scheduler
 from sdbatch.pipeline.tiny import resolve_builtin_model
-from test_engine import assert_close
-from test_modes import half_mask, noise_image
+from helpers import assert_close
+from helpers import xl_rows
 
 STEPS = 8
 IMAGE_SCHEDULERS = ["ddim", "euler_a", "dpmpp_2m"]
@@ -56,29 +56,6 @@ def stock(family_models):
 def stock_image(pipe, scheduler: str | None, settings: BatchSettings, row: RowInput) -> np.ndarray:
     pipe.scheduler = make_scheduler(scheduler, pipe.model_scheduler)
     return to_uint8(pipe(**stock_row_kwargs(row, settings), output_type="np").images[0])
-
-
-def xl_rows(n: int, width: int = 32, height: int = 32, images: bool = False, masks: bool = False) -> list[RowInput]:
-    """Rows that vary everything SDXL lets a row vary: guidance (some unguided, some rescaled),
-    negative prompts (some absent: zero embeddings), second prompts, original size and crop."""
-    rows = []
-    for i in range(n):
-        rows.append(RowInput(
-            prompt=f"a photo of the thing number {i % 5}",
-            seed=[1234, 2**63 + 5, 77][i] if i < 3 else 7_000 + 31 * i,
-            guidance_scale=[7.5, 5.0, 1.0, 12.0][i % 4],
-            negative_prompt=["blurry", "", "", "low quality"][i % 4],
-            negative_prompt_2=[None, None, None, "ugly"][i % 4],
-            prompt_2=[None, "oil painting", None][i % 3],
-            guidance_rescale=[0.0, 0.0, 0.0, 0.7][i % 4],
-            original_width=[None, 64, None, 128][i % 4],
-            original_height=[None, 48, None, 96][i % 4],
-            crop_top=[None, 8, None, 0][i % 4],
-            crop_left=[None, 4, None, 16][i % 4],
-            init_image=noise_image(100 + i % 6, width, height) if images else None,
-            mask_image=half_mask(width, height, right=i % 3 != 1) if masks else None,
-        ))
-    return rows
 
 
 def check_against_stock(engine, pipe, settings: BatchSettings, rows: list[RowInput]) -> None:

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from sdbatch.pipeline.acceleration import accelerate
-from sdbatch.pipeline.speed_options import ATTENTION_CHOICES, SpeedOptionError, SpeedOptions
 from sdbatch.pipeline.engine import BatchedEngine, BatchSettings, RowInput
 from sdbatch.pipeline.loading import load_model
-from test_engine import assert_close, mixed_rows
+from sdbatch.pipeline.speed.acceleration import accelerate
+from sdbatch.pipeline.speed.options import ATTENTION_CHOICES, SpeedOptionError, SpeedOptions
+from helpers import assert_close, mixed_rows
 
 STEPS = 6
 BATCH = 4
@@ -233,9 +233,9 @@ def test_padding_keeps_sdxl_rows_and_their_added_conditioning(family_models):
     """SDXL's UNet takes per-sample pooled embeddings and time ids besides the hidden states:
     padding pads them with the samples, and real rows come out as unpadded (eager UNet, padded as
     compile pads it, so that no compile is needed here)."""
-    from test_sdxl import xl_rows
+    from helpers import xl_rows
 
-    from sdbatch.pipeline.static_batch import SpeedStats, StaticBatchRunner
+    from sdbatch.pipeline.speed.static_batch import SpeedStats, StaticBatchRunner
 
     settings = BatchSettings(32, 32, STEPS, "euler")
     rows = xl_rows(3)
@@ -252,7 +252,7 @@ def test_padding_keeps_sdxl_rows_and_their_added_conditioning(family_models):
 def test_unguided_batches_are_not_padded_to_guided_size(eager, tiny_base):
     """Rows with guidance <= 1 cost one UNet sample: a job of such rows pads to one sample per row
     of the batch size, not two; a guided batch then takes the two-per-row size; real rows are kept."""
-    from sdbatch.pipeline.static_batch import SpeedStats, StaticBatchRunner
+    from sdbatch.pipeline.speed.static_batch import SpeedStats, StaticBatchRunner
 
     engine = BatchedEngine(load_model(tiny_base, "cpu", "fp32"))
     stats = SpeedStats()
@@ -299,7 +299,7 @@ def test_lora_batches_on_a_compiled_engine_equal_eager_and_plain_batches_stay_co
 def test_lora_jobs_with_quantize_are_refused_before_any_row(tiny_base, tiny_adapters, tmp_path):
     """fp8 layers take no LoRA adapters: the rows naming one are refused at planning (exit 2), on
     every executor, before the model loads."""
-    from conftest import invoke, write_manifest
+    from helpers import invoke, write_manifest
 
     manifest = write_manifest(tmp_path / "m.parquet", {"prompt": ["a", "b"], "loras": ["lora-b:0.5", None],
                                                       "steps": [2, 2]})
@@ -320,7 +320,7 @@ def test_run_with_compile_gives_the_images_of_eager_and_reports_compile_time(com
     import pyarrow.dataset as ds
     from PIL import Image
 
-    from conftest import invoke, write_manifest
+    from helpers import invoke, write_manifest
 
     manifest = write_manifest(tmp_path / "m.parquet", {
         "id": [f"r{i}" for i in range(6)], "prompt": [f"a prompt {i}" for i in range(6)],
@@ -342,7 +342,7 @@ def test_run_with_compile_gives_the_images_of_eager_and_reports_compile_time(com
 
 
 def test_run_refuses_what_this_machine_cannot_do_before_any_row(tiny_base, tmp_path):
-    from conftest import invoke, write_manifest
+    from helpers import invoke, write_manifest
 
     manifest = write_manifest(tmp_path / "m.parquet", {"prompt": ["a"], "steps": [2]})
     common = ["run", str(manifest), "--model", tiny_base, "--device", "cpu", "--executor", "local"]

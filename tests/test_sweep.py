@@ -8,13 +8,8 @@ from pathlib import Path
 
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
-from click.testing import CliRunner
 
-from sdbatch.cli.main import main
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+from helpers import invoke
 
 
 def read(path: Path) -> list[dict]:

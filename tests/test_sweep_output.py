@@ -8,14 +8,9 @@ import json
 
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
-from click.testing import CliRunner
 
-from sdbatch.cli.main import main
 from sdbatch.manifests.source import open_manifest
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+from helpers import invoke
 
 
 def ids(path) -> list[str]:

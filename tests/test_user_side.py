@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 import pytest
 
-from conftest import invoke, write_manifest
+from helpers import invoke, write_manifest
 from sdbatch.cli.main import main
 from sdbatch.jobs import progress as progress_module
 

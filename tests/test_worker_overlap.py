@@ -7,14 +7,14 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from conftest import write_manifest
+from helpers import write_manifest
 from sdbatch.jobs.executor import ShardProgress
-from sdbatch.jobs.layouts import OutputSpec
-from sdbatch.jobs.outdir import OutputFolder
 from sdbatch.jobs.planning import plan_manifest
-from sdbatch.jobs.storage import LocalStorage
-from sdbatch.jobs.worker import ShardWorker
-from sdbatch.jobs.worker_config import WorkerConfig
+from sdbatch.jobs.store.layouts import OutputSpec
+from sdbatch.jobs.store.outdir import OutputFolder
+from sdbatch.jobs.store.storage import LocalStorage
+from sdbatch.jobs.worker.shard_worker import ShardWorker
+from sdbatch.jobs.worker.worker_config import WorkerConfig
 from sdbatch.manifests.source import open_manifest
 
 

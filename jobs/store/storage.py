@@ -15,7 +15,6 @@ import uuid
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from sdbatch.manifests.remote import S3Options, is_s3_uri
 
 
 class StorageError(RuntimeError):
@@ -234,15 +233,3 @@ class LocalStorage:
 
     def discard_partial_writes(self) -> int:
         return self.delete_prefix(self.TMP)
-
-
-def open_storage(root: str, options: S3Options | None = None) -> Storage:
-    """The storage for an ``--out`` (or any root): ``s3://bucket/prefix``, or a local folder."""
-    root = str(root)
-    if is_s3_uri(root):
-        from .s3 import S3Storage
-
-        return S3Storage(root, options or S3Options())
-    if "://" in root and not root.startswith("file://"):
-        raise StorageError(f"{root}: unsupported location; use a local path, file:// or s3://bucket/prefix")
-    return LocalStorage(root.removeprefix("file://"))

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .report_grid import Group, ReportGrid, format_value
-from .report_images import ImageFiles
+from .grid import Group, ReportGrid, format_value
+from .images import ImageFiles
 
 SHEETS = "sheets"  # sub-folder of the page's files folder
 BACKGROUND, INK, MUTED = (255, 255, 255), (29, 29, 34), (107, 107, 118)

@@ -31,10 +31,9 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from sdbatch.jobs.store.storage import StorageError
 from sdbatch.manifests.remote import S3Options, is_s3_uri
 from sdbatch.manifests.schema import SIZE_RANGE
-
-from .storage import StorageError
 
 DEFAULT_MAX_IMAGE_BYTES = 64 * 2**20
 # The largest image a row may ask for (8192 x 8192): no input image needs more pixels than that.
@@ -85,7 +84,7 @@ def _too_large(source: str, limit: int) -> ImageCellError:
 
 
 def _read_s3(uri: str, access: CellAccess) -> bytes:
-    from .s3 import ObjectTooLarge, read_object
+    from sdbatch.jobs.store.s3 import ObjectTooLarge, read_object
 
     try:
         return read_object(uri, access.s3, max_bytes=access.max_bytes)

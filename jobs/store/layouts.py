@@ -42,8 +42,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from .image_encoding import ImageFormat
-from .outdir import IMAGES, TARS, image_folder, pending_folder, table_bytes, tar_path
-from .records import ResultRecord, record_json, records_to_table
+from .metadata import ResultRecord, record_json, records_to_table, table_bytes
+from .paths import IMAGES, TARS, image_folder, pending_folder, tar_path
 from .storage import Storage
 
 log = logging.getLogger(__name__)

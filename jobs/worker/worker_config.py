@@ -6,18 +6,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sdbatch.jobs import defaults
+from sdbatch.jobs.store.layouts import OutputSpec
 from sdbatch.manifests.remote import S3Options
-from sdbatch.pipeline.speed_options import SpeedOptions
+from sdbatch.pipeline.speed.options import SpeedOptions
 
 from .image_cells import DEFAULT_MAX_IMAGE_BYTES, CellAccess
-from .layouts import OutputSpec
 
 
 @dataclass(frozen=True)
 class WorkerConfig:
     device: str = "auto"
     dtype: str | None = None
-    batch_size: int = 16
+    batch_size: int = defaults.BATCH_SIZE
     encode_threads: int = 4
     output: OutputSpec = field(default_factory=OutputSpec)
     s3: S3Options = field(default_factory=S3Options)  # for s3:// image cells and outputs

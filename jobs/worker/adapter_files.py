@@ -93,8 +93,8 @@ def _refuse_pickle(name: str, what: str) -> None:
 
 def _from_s3(uri: str, options: S3Options, what: str) -> Path:
     """The object, downloaded once into the cache folder (named by its content's SHA-256)."""
-    from .s3 import read_object
-    from .storage import StorageError
+    from sdbatch.jobs.store.s3 import read_object
+    from sdbatch.jobs.store.storage import StorageError
 
     try:
         data = read_object(uri, options)

@@ -25,7 +25,8 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 
-from .outdir import LEASE, OutputFolder
+from .outdir import OutputFolder
+from .paths import LEASE
 from .storage import StorageError
 
 log = logging.getLogger(__name__)

@@ -8,14 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .contact_sheets import SHEETS, write_sheets
-from .report_grid import ReportGrid, build_grid, choose_axes
-from .report_images import FULL, THUMBS, ImageFiles, ReportImages
-from .report_page import ROWS, PageSettings, display_box, render_page, render_row_page, row_page_path
-from .report_rows import JobRows, ReportError, read_job_rows
+from sdbatch.jobs.store.backends import open_storage
 from sdbatch.manifests.remote import S3Options
 
-from .storage import open_storage
+from .contact_sheets import SHEETS, write_sheets
+from .grid import ReportGrid, build_grid, choose_axes
+from .images import FULL, THUMBS, ImageFiles, ReportImages
+from .page import ROWS, PageSettings, display_box, render_page, render_row_page, row_page_path
+from .rows import JobRows, ReportError, read_job_rows
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 start), checked against the models the rows name before any work: ``prompt_2`` on an SD 1.5 model
 is refused naming the column, the rows and the model, as ``validate`` and ``run`` both do.
 
-``ModelColumnUsage`` watches the validating pass (``validate_source``'s ``on_batch``): per model,
+``ModelColumnUsage`` watches the validating pass (``plan_manifest``, a batch at a time): per model,
 which rows set such a column. Models are located afterwards (``pipeline.model_files``, no torch).
 """
 

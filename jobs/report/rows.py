@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .outdir import PLAN, DamagedOutput, OutputFolder, metadata_path
-from .records import METADATA_SCHEMA
-from .storage import Storage
+from sdbatch.jobs.store.metadata import METADATA_SCHEMA
+from sdbatch.jobs.store.outdir import DamagedOutput, OutputFolder
+from sdbatch.jobs.store.paths import PLAN, metadata_path
+from sdbatch.jobs.store.storage import Storage
 
 
 class ReportError(ValueError):

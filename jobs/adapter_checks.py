@@ -5,7 +5,7 @@ would silently be read as letters). ``validate`` and ``run`` both refuse what do
 column and rows. In a job without embeddings such words are text (prompts hold ``<b>`` and the
 like), and only noted.
 
-``AdapterUsage`` watches the validating pass (``validate_source``'s ``on_batch``), as
+``AdapterUsage`` watches the validating pass (``plan_manifest``, a batch at a time), as
 ``ModelColumnUsage`` does: per LoRA name and per token, the rows that use it.
 """
 
@@ -18,12 +18,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sdbatch.jobs.worker.adapter_files import TOKEN_IN_TEXT, AdapterError, AdapterFile, EmbeddingFile, LoraFiles, resolve_embedding
 from sdbatch.manifests.loras import parse_loras
 from sdbatch.manifests.problems import ManifestError, Problem
 from sdbatch.pipeline.prompt_syntax import a1111_problem
-from sdbatch.pipeline.speed_options import ResolvedSpeed, lora_conflict
-
-from .adapter_files import TOKEN_IN_TEXT, AdapterError, AdapterFile, EmbeddingFile, LoraFiles, resolve_embedding
+from sdbatch.pipeline.speed.options import ResolvedSpeed, lora_conflict
 
 TEXT_COLUMNS = ("prompt", "negative_prompt", "prompt_2", "negative_prompt_2")
 _TOKEN = re.compile(TOKEN_IN_TEXT)

@@ -22,9 +22,9 @@ from __future__ import annotations
 import json
 import unicodedata
 
+from sdbatch.jobs.store.metadata import ResultRecord
 from sdbatch.manifests.loras import parse_loras, weight_text
-
-from .records import ResultRecord
+from sdbatch.manifests.schema import DEFAULT_PROMPT_SYNTAX, IMAGE_MODES
 
 # Our scheduler names -> the sampler names those tools use (diffusers documents the same mapping).
 SAMPLER_NAMES = {
@@ -71,7 +71,7 @@ def infotext(record: ResultRecord) -> str:
         ("Model", record.model),
         ("Model revision", record.model_revision),
     ]
-    if record.mode != "txt2img":
+    if record.mode in IMAGE_MODES:
         fields += [("Denoising strength", _number(record.strength)), ("Mode", record.mode)]
     if record.guidance_rescale:
         fields.append(("CFG rescale", _number(record.guidance_rescale)))
@@ -79,7 +79,7 @@ def infotext(record: ResultRecord) -> str:
         fields += [("Refiner", record.refiner), ("Refiner switch at", _number(record.refiner_start))]
     if record.clip_skip is not None:
         fields.append(("Clip skip", record.clip_skip + 1))
-    if record.prompt_syntax != "plain":
+    if record.prompt_syntax != DEFAULT_PROMPT_SYNTAX:
         fields.append(("Prompt syntax", record.prompt_syntax))
     files = record.trace.lora_files or ()
     if files:

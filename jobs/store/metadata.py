@@ -6,12 +6,15 @@ Column names are read by other tools: keep them.
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 from dataclasses import asdict, dataclass, field, fields
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from sdbatch.manifests.schema import GenerationRow
+from sdbatch.jobs.row_mapping import record_values
+from sdbatch.manifests.schema import DEFAULT_PROMPT_SYNTAX, GenerationRow
 
 from .runtime_info import runtime_info
 
@@ -77,7 +80,7 @@ class ResultRecord:
     crop_left: int | None = None
     refiner: str | None = None  # the --refiner that took over the row, and when
     refiner_start: float | None = None
-    prompt_syntax: str = "plain"
+    prompt_syntax: str = DEFAULT_PROMPT_SYNTAX
     clip_skip: int | None = None
     loras: str | None = None  # the row's LoRAs in normal form (name:weight,...)
     quantize: str | None = None  # a lossy speed switch the image was made with (fp8), else None
@@ -85,18 +88,8 @@ class ResultRecord:
 
     @classmethod
     def for_row(cls, row: GenerationRow, shard: str, trace: InputTrace | None = None, **kw) -> "ResultRecord":
-        base = dict(
-            id=row.id, key=row.key, prompt=row.prompt, negative_prompt=row.negative_prompt,
-            seed=row.seed, guidance_scale=row.guidance_scale, steps=row.steps, width=row.width,
-            height=row.height, scheduler=row.scheduler, model=row.model, mode=row.mode,
-            strength=row.strength if row.mode != "txt2img" else None, row_index=row.row_index,
-            shard=shard, status="ok", error=None, image=None,
-            trace=trace or InputTrace(), guidance_rescale=row.guidance_rescale, prompt_2=row.prompt_2,
-            negative_prompt_2=row.negative_prompt_2, original_width=row.original_width,
-            original_height=row.original_height, crop_top=row.crop_top, crop_left=row.crop_left,
-            refiner_start=row.refiner_start, prompt_syntax=row.prompt_syntax, clip_skip=row.clip_skip,
-            loras=row.loras,
-        )
+        base = dict(**record_values(row), key=row.key, row_index=row.row_index, shard=shard, status="ok",
+                    error=None, image=None, trace=trace or InputTrace())
         base.update(kw)
         return cls(**base)
 
@@ -106,6 +99,13 @@ class ResultRecord:
         """An error row: the row's parameters, why it failed, and what software decided so."""
         return cls.for_row(row, shard, trace, status="error", error=error, error_kind=kind, timestamp=utc_now(),
                            **asdict(runtime_info(None)))
+
+
+def table_bytes(table: pa.Table) -> bytes:
+    """A table as the bytes of a zstd Parquet file (what the store writes)."""
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()
 
 
 def utc_now() -> dt.datetime:

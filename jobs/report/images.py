@@ -18,7 +18,7 @@ from typing import Callable
 
 from PIL import Image
 
-from .storage import LocalStorage, Storage
+from sdbatch.jobs.store.storage import LocalStorage, Storage
 
 log = logging.getLogger(__name__)
 

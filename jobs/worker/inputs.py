@@ -29,6 +29,8 @@ import numpy as np
 from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
 
+from sdbatch.jobs.row_mapping import batch_values, row_input_values
+from sdbatch.jobs.store.metadata import InputTrace
 from sdbatch.manifests.loras import LoraSyntaxError, parse_loras
 from sdbatch.manifests.schema import (
     IMAGE_COLUMNS,
@@ -41,15 +43,13 @@ from sdbatch.manifests.schema import (
 )
 from sdbatch.pipeline.batch import BatchSettings, LoraWeight, RowInput
 from sdbatch.pipeline.conditioning import text_facts
-from sdbatch.pipeline.loading import LoadedModel
 from sdbatch.pipeline.families import check_row_fields
+from sdbatch.pipeline.loading import LoadedModel
 from sdbatch.pipeline.modes import ModeError, check_model_supports, strength_steps
 from sdbatch.pipeline.refiner import check_refiner
-from sdbatch.pipeline.schedulers import SCHEDULER_NAMES
 
 from .adapter_files import AdapterError, LoraFiles
 from .image_cells import CellAccess, CellImage, ImageCellError, depth_values, load_cell_image
-from .records import InputTrace
 
 log = logging.getLogger(__name__)
 
@@ -120,26 +120,17 @@ def describe(row: GenerationRow, exc: InputError) -> str:
 
 # -- checks that need no model ----------------------------------------------------------------
 def check_columns(row: GenerationRow) -> None:
-    if row.mode not in MODES:
-        raise InputError("mode", f"unknown mode {row.mode!r}; choose one of {', '.join(MODES)}")
+    """What validation leaves to the row (a bad row fails alone): an image column its mode does not
+    use, and a strength that leaves no denoising step at the row's steps. Validation has already
+    refused unknown modes and schedulers, missing images, and values out of range."""
     needed, optional = MODE_IMAGES[row.mode], MODE_OPTIONAL_IMAGES.get(row.mode, ())
     for column in IMAGE_COLUMNS:
-        given = getattr(row, column) is not None
-        if given and column not in needed + optional:
+        if getattr(row, column) is not None and column not in needed + optional:
             users = [m for m in MODES if column in MODE_IMAGES[m] + MODE_OPTIONAL_IMAGES.get(m, ())]
             raise InputError(column, f"given, but mode {row.mode} does not use it (used by {', '.join(users)})")
-        if not given and column in needed:
-            raise InputError(column, f"missing: mode {row.mode} needs it")
-    if row.steps < 1:
-        raise InputError("steps", f"{row.steps}: must be at least 1")
-    if row.scheduler is not None and row.scheduler not in SCHEDULER_NAMES:
-        raise InputError("scheduler", f"unknown scheduler {row.scheduler!r}; known: {', '.join(SCHEDULER_NAMES)}")
-    if row.mode in IMAGE_MODES:
-        if not 0.0 < row.strength <= 1.0:
-            raise InputError("strength", f"{row.strength}: must be in (0, 1]")
-        if strength_steps(row.steps, row.strength) < 1:
-            raise InputError("strength", f"{row.strength} with {row.steps} steps leaves no denoising step "
-                                         "(int(steps * strength) must be at least 1)")
+    if row.mode in IMAGE_MODES and strength_steps(row.steps, row.strength) < 1:
+        raise InputError("strength", f"{row.strength} with {row.steps} steps leaves no denoising step "
+                                     "(int(steps * strength) must be at least 1)")
 
 
 def read_images(row: GenerationRow, cells: CellAccess = CellAccess()) -> RowImages:
@@ -226,16 +217,12 @@ def make_ready(row: GenerationRow, images: RowImages, model: LoadedModel,
         resizer = VaeImageProcessor(vae_scale_factor=model.vae_scale_factor)
         init = resizer.resize(init, height, width)
         mask = resizer.resize(mask, height, width) if mask is not None else None
-    settings = BatchSettings(width, height, row.steps, row.scheduler, row.mode,
-                             row.strength if row.mode in IMAGE_MODES else BatchSettings.strength,
-                             refiner_start=row.refiner_start, loras=lora_weights(row, loras))
+    # the columns the engine takes as they are come from row_mapping; here, what the worker makes
+    settings = BatchSettings(**batch_values(row), width=width, height=height,
+                             strength=row.strength if row.mode in IMAGE_MODES else BatchSettings.strength,
+                             loras=lora_weights(row, loras))
     depth = depth_array(images.depth) if images.depth else None
-    row_input = RowInput(row.prompt, row.seed, row.guidance_scale, row.negative_prompt,
-                         init_image=init, mask_image=mask, depth_map=depth,
-                         guidance_rescale=row.guidance_rescale, prompt_2=row.prompt_2,
-                         negative_prompt_2=row.negative_prompt_2, original_width=row.original_width,
-                         original_height=row.original_height, crop_top=row.crop_top, crop_left=row.crop_left,
-                         prompt_syntax=row.prompt_syntax, clip_skip=row.clip_skip)
+    row_input = RowInput(**row_input_values(row), init_image=init, mask_image=mask, depth_map=depth)
     try:
         if row.refiner_start is not None:
             if refiner is None:

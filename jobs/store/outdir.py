@@ -1,19 +1,5 @@
-"""The output folder, OUT: every path in it, the job's plan, the commit protocol, resume, clearing,
-``sdbatch status`` and ``sdbatch verify``. No other module names a path in OUT.
-
-::
-
-    OUT/_job/plan.json                  what decides the outputs (resume compares it)
-    OUT/_job/inputs/<shard>.parquet     the shard's manifest rows, normalised (written at planning)
-    OUT/_job/shards/<shard>.json        the shard's commit marker (its stats)
-    OUT/_job/summary.json               the last run's summary
-    OUT/_job/lease.json                 the running driver's lease (see lease.py)
-    OUT/_job/logs/<time>.log            the traceback of a run that failed unexpectedly
-    OUT/_job/pending/<shard>/           a local shard's images until it commits
-    OUT/_job/tmp/                       local writes in progress (renamed into place when whole)
-    OUT/metadata/<shard>.parquet        one metadata row per manifest row of the shard
-    OUT/images/<shard>/...              files layout (see layouts.py)
-    OUT/shards/<shard>.tar              webdataset layout
+"""The output folder, OUT: the job's plan, the commit protocol, resume, clearing, ``sdbatch status``
+and ``sdbatch verify``. Its paths are named in ``paths.py``.
 
 A shard commits in this order: its images (and its layout's own metadata) appear, then
 ``metadata/<shard>.parquet``, then the marker. A shard is committed exactly when its marker exists,
@@ -39,55 +25,15 @@ from dataclasses import asdict, dataclass, field, fields
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .layouts import layout_named
+from .metadata import table_bytes
+from .paths import (INPUTS, LOGS, MARKERS, METADATA, OUTPUT_FILES, OUTPUT_PREFIXES, PLAN,
+                    SUMMARY, image_folder, inputs_path, marker_path, metadata_path, pending_folder, tar_path)
 from .storage import Storage
 
 log = logging.getLogger(__name__)
 
 PLAN_VERSION = 2
-JOB = "_job"
-PLAN = f"{JOB}/plan.json"
-SUMMARY = f"{JOB}/summary.json"
-LEASE = f"{JOB}/lease.json"
-LOGS = f"{JOB}/logs"
-INPUTS = f"{JOB}/inputs"
-MARKERS = f"{JOB}/shards"
-PENDING = f"{JOB}/pending"
-METADATA = "metadata"
-IMAGES = "images"
-TARS = "shards"
-# What a job writes (a new job clears them; _job/tmp holds this run's own staging, and stays).
-OUTPUT_PREFIXES = (IMAGES, TARS, METADATA, INPUTS, MARKERS, PENDING)
-OUTPUT_FILES = (PLAN, SUMMARY)
-
-
-def inputs_path(shard: str) -> str:
-    return f"{INPUTS}/{shard}.parquet"
-
-
-def marker_path(shard: str) -> str:
-    return f"{MARKERS}/{shard}.json"
-
-
-def metadata_path(shard: str) -> str:
-    return f"{METADATA}/{shard}.parquet"
-
-
-def image_folder(shard: str) -> str:
-    return f"{IMAGES}/{shard}"
-
-
-def pending_folder(shard: str) -> str:
-    return f"{PENDING}/{shard}"
-
-
-def tar_path(shard: str) -> str:
-    return f"{TARS}/{shard}.tar"
-
-
-def shard_name(number: int) -> str:
-    return f"{number:05d}"
-
-
 class DamagedOutput(RuntimeError):
     """A file of OUT's own that cannot be read (garbage, truncated): names it and what to do."""
 
@@ -294,8 +240,6 @@ class OutputFolder:
                 elif sizes[path] != size:
                     found[name] = f"{path} holds {sizes[path]:,} bytes, {size:,} when committed"
         if full:
-            from .layouts import layout_named
-
             layout = layout_named(plan.options.layout)
             for shard in plan.shards:
                 if shard.name in committed and shard.name not in found:
@@ -309,7 +253,7 @@ class OutputFolder:
         saying why."""
         from sdbatch.manifests.rows import extra_names, rows_of
 
-        from .records import ResultRecord, records_to_table
+        from .metadata import ResultRecord, records_to_table
 
         table = self.read_inputs(shard)
         records = [ResultRecord.failed(row, shard, cause, "internal") for row in rows_of(table)]
@@ -342,12 +286,6 @@ class OutputFolder:
             self.storage.delete_prefix(prefix)
         for path in OUTPUT_FILES:
             self.storage.delete(path)
-
-
-def table_bytes(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(table, sink, compression="zstd")
-    return sink.getvalue()
 
 
 # -- status and verify -------------------------------------------------------------------------------
@@ -442,8 +380,6 @@ def check_committed_shard(folder: OutputFolder, layout, shard: ShardPlan) -> tup
 
 def verify(folder: OutputFolder) -> Verdict:
     """Check every committed shard against the plan and its layout; list what is wrong."""
-    from .layouts import layout_named
-
     storage = folder.storage
     plan = folder.read_plan()
     if plan is None:

@@ -24,7 +24,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from .report_rows import ReportError
+from .rows import ReportError
 
 CANDIDATES = ("prompt", "negative_prompt", "seed", "guidance_scale", "steps", "scheduler", "size",
               "strength", "model", "mode", "loras", "clip_skip", "prompt_syntax")

@@ -25,6 +25,12 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
+from sdbatch.jobs.executor import ShardProgress
+from sdbatch.jobs.store.image_encoding import encode_image
+from sdbatch.jobs.store.layouts import ShardWriter, layout_named
+from sdbatch.jobs.store.metadata import ResultRecord, records_to_table, utc_now
+from sdbatch.jobs.store.outdir import OutputFolder, ShardStats
+from sdbatch.jobs.store.runtime_info import runtime_info
 from sdbatch.manifests.rows import extra_names, rows_of
 from sdbatch.manifests.schema import GenerationRow
 from sdbatch.pipeline.adapters import load_embedding
@@ -32,15 +38,9 @@ from sdbatch.pipeline.engine import BatchedEngine, PendingBatch
 from sdbatch.pipeline.loading import LoadedModel, load_model
 
 from .adapter_files import LoraFiles, resolve_embedding
-from .image_encoding import encode_image
-from .inputs import FailedRow, ReadyRow, batch_key, lora_order, prepare_rows
-from .executor import ShardProgress
 from .held_signals import held_signals
-from .layouts import ShardWriter, layout_named
-from .outdir import OutputFolder, ShardStats
-from .parameters import infotext
-from .records import ResultRecord, records_to_table, utc_now
-from .runtime_info import runtime_info
+from .infotext import infotext
+from .inputs import FailedRow, ReadyRow, batch_key, lora_order, prepare_rows
 from .worker_config import WorkerConfig
 
 log = logging.getLogger(__name__)

@@ -37,16 +37,17 @@ from __future__ import annotations
 import logging
 import os
 import weakref
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from .cache import cache_dir
-from .loading import LoadedModel
-from .speed_options import ResolvedSpeed, SpeedOptionError, SpeedOptions, lora_conflict
+from sdbatch.pipeline.cache import cache_dir
+from sdbatch.pipeline.loading import LoadedModel
+
+from .device_checks import sdpa_backend_context
+from .options import ResolvedSpeed, SpeedOptionError, SpeedOptions, lora_conflict
 from .static_batch import SpeedStats, StaticBatchRunner
 
 log = logging.getLogger(__name__)
@@ -60,81 +61,7 @@ INDUCTOR_OPTIONS: dict[str, Any] = {
     "epilogue_fusion": False,
 }
 
-FP8_MIN_CAPABILITY = (8, 9)
 RECOMPILE_LIMIT = 64  # compiled graphs per function (dynamo's default is 8)
-
-_SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
-                  "cudnn": "CUDNN_ATTENTION", "math": "MATH"}
-
-
-# -- device checks ---------------------------------------------------------------------------------
-def sdpa_backend_context(attention: str | None) -> AbstractContextManager:
-    """The context that restricts SDPA to one backend (a null context for PyTorch's choice)."""
-    if attention is None:
-        return nullcontext()
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    return sdpa_kernel([getattr(SDPBackend, _SDPA_BACKENDS[attention])])
-
-
-def head_dims(model: LoadedModel | None) -> tuple[int, ...]:
-    """The UNet's attention head sizes (SD 1.5: 40, 80, 160); SDXL-like 64 when unknown."""
-    if model is None:
-        return (64,)
-    from diffusers.models.attention_processor import Attention
-
-    dims = {m.inner_dim // m.heads for m in model.pipe.unet.modules() if isinstance(m, Attention)}
-    return tuple(sorted(dims)) or (64,)
-
-
-def check_attention_backend(attention: str, device: torch.device, dtype: torch.dtype,
-                            head_dims: tuple[int, ...] = (64,)) -> None:
-    """Run one small attention per head size under the backend; refuse with PyTorch's reason when
-    it has no kernel for this device, dtype or head size."""
-    import warnings
-
-    import torch.nn.functional as F
-
-    if device.type != "cuda" and attention in ("efficient", "cudnn"):
-        raise SpeedOptionError("attention", f"attention={attention}: PyTorch has that kernel on CUDA only; "
-                                            f"on {device} choose flash, math or auto")
-    for head_dim in head_dims:
-        q = torch.randn(2, 2, 16, head_dim, device=device, dtype=dtype)
-        kv = torch.randn(2, 2, 24, head_dim, device=device, dtype=dtype)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                with sdpa_backend_context(attention), torch.inference_mode():
-                    F.scaled_dot_product_attention(q, kv, kv)
-            except RuntimeError as exc:
-                why = "; ".join(str(w.message) for w in caught) or str(exc)
-                raise SpeedOptionError(
-                    "attention", f"attention={attention} cannot run on {device} with {str(dtype).removeprefix('torch.')} "
-                                 f"and head size {head_dim}: {why}") from exc
-
-
-def fp8_unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
-    """Why fp8 cannot run here, or None when it can."""
-    if device.type != "cuda":
-        return f"fp8 needs a CUDA GPU of compute capability >= 8.9 (Ada, Hopper); this run uses {device}"
-    capability = torch.cuda.get_device_capability(device)
-    if capability < FP8_MIN_CAPABILITY:
-        return (f"fp8 needs compute capability >= 8.9 (Ada, Hopper); {torch.cuda.get_device_name(device)} "
-                f"has {capability[0]}.{capability[1]}")
-    if dtype not in (torch.float16, torch.bfloat16):
-        return f"fp8 quantizes an fp16 or bf16 model; this one is {str(dtype).removeprefix('torch.')}"
-    try:
-        import torchao.quantization  # noqa: F401
-    except ImportError:
-        return "fp8 needs the torchao package (pip install torchao)"
-    return None
-
-
-def check_fp8(device: torch.device, dtype: torch.dtype) -> None:
-    reason = fp8_unavailable_reason(device, dtype)
-    if reason is not None:
-        raise SpeedOptionError("quantize", reason)
-
 
 # -- the compile cache -------------------------------------------------------------------------------
 def use_compile_cache(root: Path | None = None) -> Path:
@@ -264,7 +191,7 @@ def accelerate(model: LoadedModel, options: SpeedOptions | None = None, *, batch
     ``batch_size``: the job's rows per batch, the size every compiled call is padded to (when not
     given, the largest batch seen so far). ``inductor_options`` replaces ``INDUCTOR_OPTIONS``
     (the benchmark compares them with inductor's defaults)."""
-    from .decoding import Decoder
+    from sdbatch.pipeline.decoding import Decoder
 
     options = options or SpeedOptions.eager()
     resolved = options.resolve(model.device, model.dtype, batch_size, model)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-    from .loading import LoadedModel
+    from sdbatch.pipeline.loading import LoadedModel
 
 COMPILE_CHOICES = ("off", "on", "auto")
 ATTENTION_CHOICES = ("auto", "flash", "efficient", "cudnn", "math")
@@ -75,7 +75,7 @@ class SpeedOptions:
         ``dtype``: the model's (default fp16)."""
         import torch
 
-        from .acceleration import check_attention_backend, check_fp8, head_dims
+        from .device_checks import attention_unavailable_reason, fp8_unavailable_reason, head_dims
 
         device = torch.device(device)
         dtype = torch.float16 if dtype is None else dtype
@@ -90,9 +90,13 @@ class SpeedOptions:
         graphs = self.cuda_graphs == "on" or (self.cuda_graphs == "auto" and cuda and compile_on and small)
         attention = None if self.attention == "auto" else self.attention
         if attention is not None:
-            check_attention_backend(attention, device, dtype, head_dims(model))
+            reason = attention_unavailable_reason(attention, device, dtype, head_dims(model))
+            if reason:
+                raise SpeedOptionError("attention", reason)
         if self.quantize == "fp8":
-            check_fp8(device, dtype)
+            reason = fp8_unavailable_reason(device, dtype)
+            if reason:
+                raise SpeedOptionError("quantize", reason)
         return ResolvedSpeed(compile=compile_on, attention=attention, cuda_graphs=graphs,
                              quantize=None if self.quantize == "none" else self.quantize)
 

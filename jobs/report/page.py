@@ -12,9 +12,9 @@ import html
 from dataclasses import dataclass
 from urllib.parse import quote
 
-from .report_grid import SIZE, Group, ReportGrid, cell_value, format_value
-from .report_images import ImageFiles
-from .report_rows import JobRows
+from .grid import SIZE, Group, ReportGrid, cell_value, format_value
+from .images import ImageFiles
+from .rows import JobRows
 
 ROWS = "rows"  # sub-folder of the files folder: one page per row
 ERROR_CHARS = 240  # of an error message shown in its cell (the row's page has all of it)

@@ -1,0 +1,1 @@
+"""The report page: an HTML view of a job's output folder."""

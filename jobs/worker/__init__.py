@@ -1,0 +1,1 @@
+"""The shard worker: a shard's rows read, prepared, generated and written."""
