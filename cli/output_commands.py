@@ -69,10 +69,11 @@ def verify(out: str, s3_endpoint_url, s3_path_style, s3_retries) -> None:
     for a storage reason), 2 when OUT cannot be read.
     """
     from sdbatch.jobs.store.outdir import verify as verify_folder
+    from sdbatch.jobs.store.paths import PLAN
 
     folder = _folder(out, s3_from(s3_endpoint_url, s3_path_style, s3_retries))
     if _reading(folder.read_plan) is None:
-        click.echo(f"error: {folder.root}: no sdbatch job here (no _job/plan.json)", err=True)
+        click.echo(f"error: {folder.root}: no sdbatch job here (no {PLAN})", err=True)
         sys.exit(exit_codes.REFUSED)
     verdict = _reading(lambda: verify_folder(folder))
     for problem in verdict.problems[:SHOWN_PROBLEMS]:

@@ -34,6 +34,8 @@ from .storage import Storage
 log = logging.getLogger(__name__)
 
 PLAN_VERSION = 2
+
+
 class DamagedOutput(RuntimeError):
     """A file of OUT's own that cannot be read (garbage, truncated): names it and what to do."""
 

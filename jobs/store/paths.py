@@ -26,6 +26,7 @@ LOGS = f"{JOB}/logs"
 INPUTS = f"{JOB}/inputs"
 MARKERS = f"{JOB}/shards"
 PENDING = f"{JOB}/pending"
+TMP = f"{JOB}/tmp"  # local writes in progress (storage.LocalStorage)
 METADATA = "metadata"
 IMAGES = "images"
 TARS = "shards"

@@ -15,6 +15,8 @@ import uuid
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from .paths import TMP
+
 
 
 class StorageError(RuntimeError):
@@ -50,7 +52,7 @@ class Storage(Protocol):
 class LocalStorage:
     """A folder on local (or shared) disk."""
 
-    TMP = "_job/tmp"
+    TMP = TMP
     atomic_folders = True
 
     def __init__(self, root: str | Path):
