@@ -22,7 +22,7 @@ from sdbatch.jobs.worker.adapter_files import TOKEN_IN_TEXT, AdapterError, Adapt
 from sdbatch.manifests.loras import parse_loras
 from sdbatch.manifests.problems import ManifestError, Problem
 from sdbatch.pipeline.prompt_syntax import a1111_problem
-from sdbatch.pipeline.speed.options import ResolvedSpeed, lora_conflict
+from sdbatch.pipeline.speed.options import lora_conflict
 
 TEXT_COLUMNS = ("prompt", "negative_prompt", "prompt_2", "negative_prompt_2")
 _TOKEN = re.compile(TOKEN_IN_TEXT)
@@ -123,7 +123,7 @@ def check_adapters(usage: AdapterUsage, loras: LoraFiles, embeddings: list[str],
     for name in usage.lora_names:
         if quantize != "none":
             problem = usage.lora_rows[name]
-            problem.reason = lora_conflict(ResolvedSpeed(quantize=quantize))
+            problem.reason = lora_conflict(quantize)
             problems.append(problem)
             continue
         try:

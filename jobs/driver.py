@@ -142,11 +142,12 @@ def _plan(request: RunRequest, staging, collect: bool = False) -> _Planned:
                                   list(request.worker.embeddings), quantize=request.worker.speed.quantize)
     except AdapterError as exc:
         raise JobRefused(str(exc)) from None
-    if not collect:
+    if collect:
+        planned.report.notes += adapters.notes  # printed with the report
+    else:
         adapters.raise_if_refused()
         for note in adapters.notes:
             log.warning("%s: %s", request.manifest, note)
-    planned.report.notes += adapters.notes
     problems = checked.unusable + checked.problems + adapters.problems
     if problems:
         return _Planned(None, planned, checked, roots, problems)

@@ -60,27 +60,34 @@ ROW_COLUMNS: dict[str, Goes] = {
 }
 
 
-def _passed(row: GenerationRow, prefix: str) -> dict[str, Any]:
-    return {goes.engine.removeprefix(prefix): getattr(row, column)
-            for column, goes in ROW_COLUMNS.items() if goes.engine.startswith(prefix) and not goes.made}
+def _passed(prefix: str) -> tuple[tuple[str, str], ...]:
+    """(column, field) of the columns that go as they are to ``prefix`` (``row.`` or ``batch.``)."""
+    return tuple((column, goes.engine.removeprefix(prefix)) for column, goes in ROW_COLUMNS.items()
+                 if goes.engine.startswith(prefix) and not goes.made)
+
+
+# read once: the worker asks for every row
+_TO_ROW_INPUT = _passed("row.")
+_TO_BATCH = _passed("batch.")
+_TO_RECORD = tuple((column, goes.metadata) for column, goes in ROW_COLUMNS.items()
+                   if not goes.metadata.startswith("trace."))
 
 
 def row_input_values(row: GenerationRow) -> dict[str, Any]:
     """The ``RowInput`` fields a row's columns give as they are (the images are the worker's)."""
-    return _passed(row, "row.")
+    return {field: getattr(row, column) for column, field in _TO_ROW_INPUT}
 
 
 def batch_values(row: GenerationRow) -> dict[str, Any]:
     """The ``BatchSettings`` fields a row's columns give as they are (size, strength and LoRAs are
     the worker's)."""
-    return _passed(row, "batch.")
+    return {field: getattr(row, column) for column, field in _TO_BATCH}
 
 
 def record_values(row: GenerationRow) -> dict[str, Any]:
     """The ``ResultRecord`` fields of a row's columns: as the row gave them, ``strength`` only in
     the modes that read it."""
-    values = {goes.metadata: getattr(row, column) for column, goes in ROW_COLUMNS.items()
-              if not goes.metadata.startswith("trace.")}
+    values = {field: getattr(row, column) for column, field in _TO_RECORD}
     if row.mode not in IMAGE_MODES:
         values["strength"] = None
     return values

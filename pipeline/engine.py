@@ -3,8 +3,8 @@
 many rows at once; the numbered comments in ``submit`` and ``prepare`` follow them.
 
 A batch shares model, mode, size, steps, scheduler, strength, refiner start and LoRAs; prompts
-(in any prompt syntax, with any clip skip), negative prompts, seed, guidance scale and rescale, SDXL's second prompts and size/crop conditioning, and
-input images vary per row. A row's image depends only on the model and the row:
+(in any prompt syntax, with any clip skip), negative prompts, seed, guidance scale and rescale,
+SDXL's second prompts and size/crop conditioning, and input images vary per row. A row's image depends only on the model and the row:
 
 * every random draw for a row (VAE encode samples, initial noise, and any noise an ancestral
   scheduler draws) comes from its own ``torch.Generator("cpu").manual_seed(seed)``, in the order

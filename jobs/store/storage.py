@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from .paths import TMP
+from . import paths
 
 
 
@@ -52,7 +52,7 @@ class Storage(Protocol):
 class LocalStorage:
     """A folder on local (or shared) disk."""
 
-    TMP = TMP
+    TMP = paths.TMP
     atomic_folders = True
 
     def __init__(self, root: str | Path):

@@ -172,7 +172,7 @@ class Accelerated:
         """Refuse a batch with LoRAs on an fp8 UNet: peft's adapter layers do not attach to
         torchao's quantized ones (the driver refuses such jobs before they start)."""
         if loras and self.resolved.quantize:
-            raise SpeedOptionError("quantize", lora_conflict(self.resolved))
+            raise SpeedOptionError("quantize", lora_conflict(self.resolved.quantize))
 
     def report(self) -> dict[str, Any]:
         """What summaries show for this model: the switches as run, what was applied, compile time."""

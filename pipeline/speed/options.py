@@ -119,8 +119,8 @@ class ResolvedSpeed:
                 "cuda_graphs": self.cuda_graphs, "quantize": self.quantize or "none"}
 
 
-def lora_conflict(resolved: ResolvedSpeed) -> str:
-    """Why rows with LoRAs cannot run with these switches (fp8: adapters attach to full-precision
-    linear layers only). Compile is no conflict: batches with LoRAs run the UNet eagerly."""
-    return (f"rows with LoRAs cannot run with quantize {resolved.quantize} (peft's adapter layers do not attach "
+def lora_conflict(quantize: str) -> str:
+    """Why rows with LoRAs cannot run with this ``--quantize`` (fp8: adapters attach to
+    full-precision linear layers only). Compile is no conflict: batches with LoRAs run eagerly."""
+    return (f"rows with LoRAs cannot run with quantize {quantize} (peft's adapter layers do not attach "
             "to quantized layers); run LoRA rows with --quantize none")
